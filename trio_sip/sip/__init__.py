@@ -1,0 +1,1 @@
+"""trio_sip.sip."""
