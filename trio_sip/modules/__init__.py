@@ -1,1 +1,15 @@
-"""trio_sip.modules."""
+"""Built-in modules. Each file declares a ``MODULE`` (script/exports.py ``Module``)."""
+
+from __future__ import annotations
+
+from ..script.exports import Module
+
+
+def builtin_modules() -> list[Module]:
+    """Every module shipped with trio-sip, in KSR order."""
+    from . import core, corex, hdr, kx, maxfwd, pv, rr, sanity, siputils, sl
+
+    return [
+        core.MODULE, core.X_MODULE, pv.MODULE, hdr.MODULE, sl.MODULE, rr.MODULE,
+        maxfwd.MODULE, sanity.MODULE, siputils.MODULE, corex.MODULE, kx.MODULE,
+    ]

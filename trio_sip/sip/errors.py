@@ -8,6 +8,8 @@ A ``BadMessage`` says whose fault it is (the peer's) and what to answer.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BadMessage(Exception):
     """A message we cannot accept, with the status a server should answer.
@@ -19,6 +21,10 @@ class BadMessage(Exception):
     """
 
     status: int = 400
+    #: set by the parser once the header section was split: whether the message was a
+    #: request, and its header lines, so a 4xx can still be built from the raw lines.
+    is_request: bool | None = None
+    headers: list[Any] | None = None
 
     def __init__(self, reason: str, status: int | None = None) -> None:
         super().__init__(reason)

@@ -1,0 +1,51 @@
+"""KSR.maxfwd: Max-Forwards processing (Kamailio ``maxfwd`` module).
+
+``process_maxfwd(limit)`` returns 2 when the header was missing and was added
+with ``limit``, 1 when it was decremented, -1 when it is 0 (answer 483), -2 on
+error. The decremented value never exceeds ``max_limit`` (70, Kamailio's
+default for its ``max_limit`` param).
+"""
+
+from __future__ import annotations
+
+from ..script.context import MsgContext
+from ..script.exports import REQUEST_ROUTES, ModuleBuilder, RouteType
+
+m = ModuleBuilder("maxfwd", "Max-Forwards checks.")
+
+MAX_LIMIT = 70
+_ROUTES = RouteType.REQUEST | RouteType.FAILURE | RouteType.BRANCH
+
+
+def _current(ctx: MsgContext) -> tuple[int, int] | None:
+    for i, h in ctx.msg.find("max-forwards"):
+        return i, int(h.text)
+    return None
+
+
+@m.export(("int",), routes=_ROUTES)
+def process_maxfwd(ctx: MsgContext, limit: int) -> int:
+    """Decrement Max-Forwards, or add it with ``limit`` when missing."""
+    if not 0 <= limit <= 255:
+        return -2
+    cur = _current(ctx)
+    if cur is None:
+        ctx.msg.add_header("Max-Forwards", str(min(limit, 255)))
+        return 2
+    idx, value = cur
+    if value == 0:
+        return -1
+    ctx.msg.replace_header_value(idx, str(min(value - 1, MAX_LIMIT)))
+    return 1
+
+
+@m.export(("int",), routes=REQUEST_ROUTES)
+def is_maxfwd_lt(ctx: MsgContext, limit: int) -> int:
+    """1 if Max-Forwards is lower than ``limit``, -1 if not, -2 if missing."""
+    cur = _current(ctx)
+    if cur is None:
+        return -2
+    return 1 if cur[1] < limit else -1
+
+
+MODULE = m.build()

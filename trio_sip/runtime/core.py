@@ -1,0 +1,366 @@
+"""The proxy core: from received bytes to route runs to bytes sent.
+
+Data path of one request (DESIGN.md "Data flow")::
+
+    transport ──bytes──▶ on_message ──parse──▶ SipRequest
+                                      │ BadMessage: 4xx from the raw lines, counted
+                                      ▼
+                      received/rport edit on the top Via (§18.2.1, RFC 3581)
+                                      ▼
+                      ksr_request_route() in a Lua coroutine (script/engine.py)
+                        KSR.sl.* / KSR.forward() queue bytes in ctx.outbox
+                                      ▼
+                      flush: every queued message goes to its transport
+
+and of one response: ``ksr_reply_route()`` (if defined) may drop it; otherwise
+our Via is removed and the response goes to the next Via (§16.7 step 3 for a
+stateless proxy, §18.2.2 for the address).
+
+Sends are queued in the context, not done inside exports, because exports are
+synchronous Lua calls and sending is a Trio operation; the queue is flushed
+after every coroutine step, so the order of a route's sends is kept.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..config import Config
+from ..log import current_call_id
+from ..proxy.stateless import (
+    NextHop,
+    record_route_line,
+    reply_destination,
+    response_next_hop,
+    stateless_branch,
+    target_of_uri,
+    via_line,
+    via_received_edit,
+)
+from ..script.context import MsgContext
+from ..script.engine import ScriptEngine, Step
+from ..script.exports import RouteType
+from ..sip.errors import BadMessage
+from ..sip.message import SipRequest, SipResponse
+from ..sip.parser import parse_message_untrusted
+from ..sip.reply import build_reply, build_reply_from_lines, reason_phrase
+from ..sip.uri import parse_uri_untrusted
+from ..transport.base import Address, Transport
+from ..transport.guard import LoopbackGuard
+
+log = logging.getLogger("trio_sip.core")
+
+# The forwarded Via goes above every other header we add (Record-Route included).
+_VIA_SEQ = -1000
+
+
+class ProxyCore:
+    """Everything the routes and the transports share; one per server."""
+
+    def __init__(self, config: Config, engine: ScriptEngine,
+                 guard: LoopbackGuard | None = None) -> None:
+        self.config = config
+        self.engine = engine
+        self.guard = guard if guard is not None else LoopbackGuard(config.core.loopback_only)
+        self.transports: dict[str, Transport] = {}
+        self.stats: Counter[str] = Counter()
+        #: $shv(name): values shared by every message in this process
+        self.shv: dict[str, Any] = {}
+        self._secret = os.urandom(16)
+        self._aliases: set[str] = set()
+        for alias in config.core.aliases:
+            host = alias.rsplit(":", 1)[0] if alias.count(":") == 1 else alias
+            self._aliases.add(host.strip("[]").lower())
+        self.request_route = config.lua.request_route
+        self.reply_route = config.lua.reply_route
+
+    # -- transports and addresses ---------------------------------------------
+
+    def add_transport(self, transport: Transport) -> None:
+        self.transports.setdefault(transport.proto, transport)
+
+    def transport_for(self, proto: str) -> Transport | None:
+        return self.transports.get(proto.lower())
+
+    def advertised(self, transport: Transport) -> tuple[str, int]:
+        """The host and port to put in Via and Record-Route for this transport."""
+        adv = self.config.core.advertise
+        if adv:
+            if adv.startswith("["):
+                host, _, rest = adv[1:].partition("]")
+                port = int(rest[1:]) if rest.startswith(":") else transport.local.port
+            elif adv.count(":") == 1:
+                host, p = adv.split(":")
+                port = int(p)
+            else:
+                host, port = adv, transport.local.port
+            return host, port
+        return transport.local.host, transport.local.port
+
+    def is_myself(self, host: str, port: int | None, proto: str = "") -> bool:
+        """Kamailio's ``check_self``: the host is one of our addresses or aliases and
+        the port (default 5060, 5061 for TLS) one we listen on."""
+        h = host.strip("[]").lower()
+        ours = h in self._aliases
+        ports = set()
+        for t in self.transports.values():
+            adv_host, adv_port = self.advertised(t)
+            ports.add(t.local.port)
+            ports.add(adv_port)
+            if h in (t.local.host.lower(), adv_host.strip("[]").lower()):
+                ours = True
+            elif _is_unspecified(t.local.host) and _is_local_ip(h):
+                ours = True
+        if not ours:
+            return False
+        if port is None:
+            port = 5061 if proto.lower() == "tls" else 5060
+        return port in ports
+
+    def is_my_ip(self, host: str) -> bool:
+        h = host.strip("[]").lower()
+        return any(h in (t.local.host.lower(), self.advertised(t)[0].lower())
+                   for t in self.transports.values()) or h in self._aliases
+
+    # -- receiving ----------------------------------------------------------------
+
+    async def on_message(
+        self, data: bytes, source: Address, transport: Transport, conn_id: int | None
+    ) -> None:
+        """The transports' MessageHandler: never raises for anything a peer sent."""
+        try:
+            msg = parse_message_untrusted(
+                data, stream=transport.reliable, max_size=self.config.core.max_message_size
+            )
+        except BadMessage as exc:
+            await self._bad_message(exc, data, source, transport, conn_id)
+            return
+        token = current_call_id.set(msg.call_id)
+        try:
+            if isinstance(msg, SipRequest):
+                self.stats["rcv_requests"] += 1
+                await self.handle_request(msg, source, transport, conn_id)
+            else:
+                assert isinstance(msg, SipResponse)
+                self.stats["rcv_replies"] += 1
+                await self.handle_response(msg, source, transport, conn_id)
+        finally:
+            current_call_id.reset(token)
+
+    async def _bad_message(self, exc: BadMessage, data: bytes, source: Address,
+                           transport: Transport, conn_id: int | None) -> None:
+        self.stats["bad_msg"] += 1
+        if log.isEnabledFor(logging.INFO):
+            log.info("bad message from %s/%s: %s (%d bytes)", transport.proto, source,
+                     exc.reason, len(data))
+        if not exc.is_request or not exc.headers:
+            return  # a broken response is dropped; so is a request we cannot even split
+        keys = {h.key for h in exc.headers}
+        if not {"via", "from", "to", "call-id", "cseq"} <= keys:
+            return
+        text = data.decode("latin-1")
+        if any(h.key == "cseq" and "ACK" in h.value.upper().split() for h in exc.headers):
+            return  # never answer an ACK
+        reply = build_reply_from_lines(text, exc.headers, exc.status, None,
+                                       server=self.config.core.server_header)
+        dest = source
+        self.stats["err_requests"] += 1
+        await transport.send(reply, dest, conn_id=conn_id)
+
+    async def handle_request(self, req: SipRequest, source: Address, transport: Transport,
+                             conn_id: int | None) -> None:
+        ctx = MsgContext(req, source, transport, conn_id, RouteType.REQUEST, self)
+        edit = via_received_edit(req, source.host, source.port)
+        if edit is not None:
+            req.replace_span(*edit)
+            ctx.via_edit = edit
+        fn = self.engine.function(self.request_route)
+        if fn is None:
+            log.error("no %s() in the routes: request dropped", self.request_route)
+            return
+        step = self.engine.start(fn, ctx)
+        await self._finish(ctx, step)
+
+    async def handle_response(self, resp: SipResponse, source: Address, transport: Transport,
+                              conn_id: int | None) -> None:
+        ctx = MsgContext(resp, source, transport, conn_id, RouteType.CORE_REPLY, self)
+        fn = self.engine.function(self.reply_route)
+        if fn is not None:
+            step = self.engine.start(fn, ctx)
+            await self._finish(ctx, step)
+            if ctx.drop or (step.done and step.value is not None and _is_zero(step.value)):
+                self.stats["drop_replies"] += 1
+                return
+        self.forward_response(ctx)
+        await self.flush(ctx)
+
+    async def _finish(self, ctx: MsgContext, step: Step) -> None:
+        """Drive a route coroutine to its end, flushing sends after each step."""
+        while True:
+            await self.flush(ctx)
+            if not step.yielded:
+                break
+            # Async operations arrive with the async bridge (issue 4); until a route may
+            # yield, a yield is a script error.
+            self.engine.abandon(step.co_id)
+            log.error("route yielded outside of an async-capable context: %r", step.value)
+            step = Step(-1, "yield outside async context", "", step.co_id)
+            break
+        if step.failed:
+            self.stats["script_errors"] += 1
+            log.error("route error: %s", step.traceback or step.value)
+            if (ctx.is_request and not ctx.replied and ctx.route_type == RouteType.REQUEST
+                    and isinstance(ctx.msg, SipRequest) and ctx.msg.method != "ACK"):
+                self.send_reply(ctx, 500, "Server Internal Error")
+                await self.flush(ctx)
+
+    # -- sending ----------------------------------------------------------------
+
+    async def flush(self, ctx: MsgContext) -> None:
+        if not ctx.outbox:
+            return
+        out, ctx.outbox = ctx.outbox, []
+        for proto, dest, data, conn_id in out:
+            t = self.transport_for(proto)
+            if t is None:
+                log.warning("no %s transport to send to %s", proto, dest)
+                self.stats["send_errors"] += 1
+                continue
+            if not await t.send(data, dest, conn_id=conn_id):
+                self.stats["send_errors"] += 1
+
+    def send_reply(self, ctx: MsgContext, code: int, reason: str | None = None,
+                   headers: Iterable[str] = (), body: bytes = b"") -> bool:
+        """A stateless reply to the request in ``ctx`` (§8.2.6, §18.2.2)."""
+        req = ctx.msg
+        if not isinstance(req, SipRequest):
+            return False
+        if req.method == "ACK":
+            log.warning("refusing to reply to an ACK")
+            return False
+        data = build_reply(req, code, reason or reason_phrase(code), via_edit=ctx.via_edit,
+                           headers=[*ctx.reply_headers, *headers], body=body,
+                           server=self.config.core.server_header)
+        if ctx.transport.reliable:
+            dest = ctx.source
+        else:
+            host, port = reply_destination(req.via1, ctx.source.host, ctx.source.port,
+                                           force_rport=ctx.force_rport)
+            dest = Address(host, port)
+        ctx.outbox.append((ctx.transport.proto, dest, data, ctx.conn_id))
+        ctx.replied = code
+        self.stats["sent_replies"] += 1
+        return True
+
+    def forward(self, ctx: MsgContext, uri: str | None = None) -> int:
+        """Stateless forwarding (Kamailio ``forward()``): to ``uri``, else $du, else the R-URI.
+        Returns 1, or -1 if the destination cannot be used."""
+        req = ctx.msg
+        if not isinstance(req, SipRequest):
+            return -1
+        target = uri or req.dst_uri or req.current_uri
+        try:
+            hop = target_of_uri(parse_uri_untrusted(target))
+        except BadMessage as exc:
+            log.warning("cannot forward to %r: %s", target, exc.reason)
+            return -1
+        return self._send_request(ctx, req, hop, target)
+
+    def _send_request(self, ctx: MsgContext, req: SipRequest, hop: NextHop, target: str) -> int:
+        if not _is_ip(hop.host):
+            log.warning("forward to %s: host names need DNS resolution (not available)", hop.host)
+            self.stats["fwd_errors"] += 1
+            ctx.last_error = 478  # Kamailio E_BAD_ADDRESS: "Unresolvable destination"
+            return -1
+        transport = self.transport_for(hop.proto)
+        if transport is None:
+            log.warning("forward to %s: no %s transport", target, hop.proto)
+            ctx.last_error = 503
+            return -1
+        dest = Address(hop.host, hop.port)
+        if not self.guard.allows(dest):
+            self.stats["fwd_errors"] += 1
+            ctx.last_error = 477  # Kamailio E_SEND: "Send failed"
+            return -1
+        host, port = self.advertised(transport)
+        branch = stateless_branch(req, target, self._secret)
+        extra: list[tuple[int, int, bytes, int]] = []
+        first = req.headers[0].start if req.headers else req.headers_end
+        via = via_line(transport.proto, host, port, branch) + "\r\n"
+        extra.append((first, first, via.encode("latin-1"), _VIA_SEQ))
+        if ctx.record_route:
+            rr = record_route_line(transport.proto, host, port, ctx.rr_params) + "\r\n"
+            extra.append((first, first, rr.encode("latin-1"), _VIA_SEQ + 1))
+        data = req.to_bytes(extra)
+        ctx.outbox.append((transport.proto, dest, data, None))
+        self.stats["fwd_requests"] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("forwarded %s to %s:%s", req.method, transport.proto, dest)
+        return 1
+
+    def forward_response(self, ctx: MsgContext) -> None:
+        """§16.7 for a stateless proxy: remove our Via, send to the next one."""
+        resp = ctx.msg
+        assert isinstance(resp, SipResponse)
+        via = resp.via1
+        if via is None or not self.is_myself(via.host_bare, via.port, via.transport):
+            self.stats["drop_replies"] += 1
+            log.info("reply %d not for us (top Via %s): dropped", resp.status,
+                     via.sent_by if via else "-")
+            return
+        hop = response_next_hop(resp)
+        if hop is None:
+            # we were the last hop: a reply to a request we originated statelessly
+            self.stats["drop_replies"] += 1
+            return
+        first = next(h for h in resp.headers if h.key == "via")
+        vias_in_first = resp.vias[: len(_vias_of(first.value))]
+        if len(vias_in_first) <= 1:
+            resp.remove_header_at(resp.headers.index(first))
+        else:
+            # several via-parms in the first Via line: remove ours and its comma
+            second = vias_in_first[1]
+            resp.replace_span(first.value_start + via.start, first.value_start + second.start, "")
+        ctx.outbox.append((hop.proto, Address(hop.host, hop.port), resp.to_bytes(), None))
+        self.stats["fwd_replies"] += 1
+
+    def statistics(self) -> Mapping[str, int]:
+        return dict(self.stats)
+
+
+def _vias_of(value: str) -> list[Any]:
+    from ..sip.headers import parse_via_list_untrusted
+
+    return parse_via_list_untrusted(value)
+
+
+def _is_zero(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _is_local_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+

@@ -1,0 +1,142 @@
+"""The server: config in, listening transports and a loaded script out.
+
+``serve(config, task_status=...)`` follows Trio's start protocol: it reports
+started (with the :class:`Server`, whose transports know their real ports) only
+after every listener is bound and the routes are loaded. ``run(config)`` is
+what ``trio-sip run`` calls: it serves until SIGINT/SIGTERM, then stops
+gracefully. ``check(config)`` loads everything without binding and returns the
+problems it found (``trio-sip check``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from .. import __version__
+from ..config import Config
+from ..modules import builtin_modules
+from ..script.engine import ScriptEngine, ScriptError
+from ..script.exports import Module
+from ..transport.base import Address, Transport
+from ..transport.guard import LoopbackGuard
+from ..transport.tcp import TcpTransport
+from ..transport.udp import UdpTransport
+from .core import ProxyCore
+
+log = logging.getLogger("trio_sip.server")
+
+
+@dataclass
+class Server:
+    """A running server: its core, engine and bound transports."""
+
+    config: Config
+    core: ProxyCore
+    engine: ScriptEngine
+    guard: LoopbackGuard
+    transports: list[Transport] = field(default_factory=list)
+
+    def address(self, proto: str = "udp") -> Address:
+        for t in self.transports:
+            if t.proto == proto:
+                return t.local
+        raise LookupError(f"no {proto} transport")
+
+
+def build_engine(config: Config, modules: Sequence[Module] | None = None) -> ScriptEngine:
+    """A script engine with the routes loaded; raises ScriptError on a broken script."""
+    engine = ScriptEngine(
+        modules if modules is not None else builtin_modules(),
+        engine=config.lua.engine,
+        lua_path=config.lua.path,
+    )
+    engine.load_routes(config.lua.routes)
+    if engine.function(config.lua.request_route) is None:
+        raise ScriptError(
+            f"{config.lua.routes}: no function {config.lua.request_route}() "
+            "(the request route entry point)"
+        )
+    return engine
+
+
+async def serve(
+    config: Config,
+    *,
+    transports: Sequence[Transport] | None = None,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the server until cancelled. ``transports`` replaces the configured listeners
+    (tests pass SimNetwork transports); they must already be able to send."""
+    engine = build_engine(config)
+    guard = LoopbackGuard(config.core.loopback_only)
+    core = ProxyCore(config, engine, guard)
+    server = Server(config, core, engine, guard)
+    async with trio.open_nursery() as nursery:
+        if transports is not None:
+            for t in transports:
+                core.add_transport(t)
+                server.transports.append(t)
+        else:
+            for spec in config.core.listen:
+                local = Address(spec.host, spec.port)
+                t: Transport
+                if spec.proto == "udp":
+                    t = UdpTransport(local, core.on_message, guard,
+                                     queue_size=config.core.udp_queue_size,
+                                     max_message_size=config.core.max_message_size)
+                else:
+                    t = TcpTransport(local, core.on_message, guard,
+                                     max_message_size=config.core.max_message_size,
+                                     max_connections=config.core.tcp_max_connections,
+                                     idle_timeout=config.core.tcp_idle_timeout,
+                                     connect_timeout=config.core.tcp_connect_timeout)
+                await nursery.start(t.serve)  # type: ignore[attr-defined]
+                core.add_transport(t)
+                server.transports.append(t)
+        log.info(
+            "trio-sip %s listening on %s (routes %s, %s)", __version__,
+            ", ".join(f"{t.proto}:{t.local}" for t in server.transports),
+            config.lua.routes, engine.implementation,
+        )
+        if config.core.loopback_only:
+            log.info("loopback-only guard is on: sends to non-loopback addresses are refused")
+        task_status.started(server)
+        await trio.sleep_forever()
+
+
+async def _serve_until_signal(config: Config) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, config)
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run(config: Config) -> int:
+    """``trio-sip run``: serve until SIGINT/SIGTERM. Returns the process exit code."""
+    try:
+        trio.run(_serve_until_signal, config)
+    except ScriptError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def check(config: Config) -> list[str]:
+    """``trio-sip check``: load the routes and report problems (empty list: all good)."""
+    problems: list[str] = []
+    try:
+        build_engine(config)
+    except ScriptError as exc:
+        problems.append(str(exc))
+    return problems

@@ -1,0 +1,96 @@
+"""The per-message state a route works on (Kamailio's ``sip_msg_t`` plus its run context).
+
+One :class:`MsgContext` exists per received message (and per transaction route
+run later on it). Exports receive it as their first argument; the script engine
+makes it current for the duration of each coroutine step, so Lua code never
+passes it explicitly (``KSR.pv.get("$ru")`` reads the current context).
+
+Differences from Kamailio worth knowing (they are deliberate):
+
+* ``$var(x)`` is per message, not per worker process: with many routes waiting
+  concurrently in one process, a process-wide variable would change under a
+  waiting route's feet. Use ``$shv``/htable for values shared between messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .exports import RouteType
+
+if TYPE_CHECKING:
+    from ..sip.message import SipMessage, SipRequest, SipResponse
+    from ..transport.base import Address, Transport
+
+
+@dataclass(slots=True)
+class Branch:
+    """An extra destination appended to the destination set (``append_branch``)."""
+
+    uri: str
+    dst_uri: str | None = None
+    path: str | None = None
+    q: int = -1  # Kamailio's "no q" marker; q is in thousandths otherwise
+    flags: int = 0
+    socket: str | None = None
+    instance: str | None = None
+    ruid: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class MsgContext:
+    """Everything a route can see or change about the message it processes."""
+
+    msg: SipMessage
+    source: Address
+    transport: Transport
+    conn_id: int | None
+    route_type: RouteType
+    #: the server's services (proxy core, transports, transaction layer); typed loosely
+    #: here to keep script/ free of runtime imports.
+    core: Any
+    #: message flags ($mf), 0..31
+    flags: int = 0
+    #: branch flags of branch 0 ($bf)
+    bflags: int = 0
+    #: set by KSR.drop()/KSR.x.drop(): do not forward (request) or relay (reply)
+    drop: bool = False
+    vars: dict[str, Any] = field(default_factory=dict)
+    branches: list[Branch] = field(default_factory=list)
+    #: Record-Route requested by rr.record_route(), with params from add_rr_param()
+    record_route: bool = False
+    rr_params: str = ""
+    #: parameters of our own Route entry that loose_route() consumed (check_route_param)
+    route_params: str | None = None
+    #: force_rport(): answer to the source port even without rport in Via
+    force_rport: bool = False
+    #: the last status this server answered for the request (stateless or stateful)
+    replied: int = 0
+    #: a transaction, once one was created for this request (issue "transactions")
+    transaction: Any = None
+    #: where the script's exit/drop left things
+    exited: bool = False
+    #: a reply being processed in a reply route, when msg is the request (tm routes)
+    reply: SipResponse | None = None
+    #: status of the last internal failure, answered by sl_reply_error() (0: unknown -> 500)
+    last_error: int = 0
+    #: headers added with KSR.hdr.append_to_reply(), used by the next local reply
+    reply_headers: list[str] = field(default_factory=list)
+    #: the received/rport edit recorded on the top Via (start, end, text), reused in replies
+    via_edit: tuple[int, int, str] | None = None
+    #: messages the route asked to send, flushed by the runtime after each route step:
+    #: (proto, destination, bytes, connection id or None)
+    outbox: list[tuple[str, Address, bytes, int | None]] = field(default_factory=list)
+
+    @property
+    def request(self) -> SipRequest:
+        from ..sip.message import SipRequest
+
+        if not isinstance(self.msg, SipRequest):
+            raise TypeError("not a request")
+        return self.msg
+
+    @property
+    def is_request(self) -> bool:
+        return self.msg.is_request

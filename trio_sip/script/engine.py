@@ -1,0 +1,418 @@
+"""The Lua bridge: one LuaRuntime, the ``KSR`` table, and routes run as coroutines.
+
+Theory of operation
+-------------------
+All Lua runs on the Trio thread in one ``LuaRuntime`` (lupa). The routes file is
+loaded once with ``lua/`` on ``package.path``; ``KSR`` is built from the module
+export tables (script/exports.py).
+
+Every route call is a Lua coroutine, created and resumed by a tiny driver
+written in Lua (``tsip_start``/``tsip_resume`` below). Coroutines live in a Lua
+table keyed by an integer id, so no Lua thread object ever crosses into Python.
+A step returns one of:
+
+* ``DONE`` and the route's return value,
+* ``YIELDED`` and the operation an async export yielded: the runtime awaits it
+  (as a Trio task owned by the transaction) and resumes with the result,
+* ``FAILED`` with the error text and the coroutine's traceback (file:line).
+
+``KSR.x.exit()`` raises the error ``"~~ksr~exit~~"`` exactly as Kamailio's
+app_lua does, so scripts that test for it keep working; the driver reports it
+as a normal ``DONE``.
+
+The engine keeps the *current* :class:`MsgContext` in ``self.ctx`` while a
+coroutine step runs: exports read it instead of taking the message as an
+argument (KEMI functions do not take one). Steps can nest (a branch route run
+by ``t_relay``), so the previous context is restored after each step.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .context import MsgContext
+from .exports import Export, Module, RouteType
+
+log = logging.getLogger("trio_sip.script")
+
+EXIT_SENTINEL: Final = "~~ksr~exit~~"
+
+ENGINES: Final[dict[str, str]] = {
+    "luajit": "lupa.luajit21",
+    "lua54": "lupa.lua54",
+    "lua53": "lupa.lua53",
+    "lua52": "lupa.lua52",
+    "lua51": "lupa.lua51",
+}
+
+DONE: Final = 0
+YIELDED: Final = 1
+FAILED: Final = -1
+
+# The coroutine driver. ``finish`` turns coroutine.resume's results into
+# (code, values...) and keeps suspended coroutines in ``cos``.
+_DRIVER: Final = r"""
+local cos = {}
+local create, resume, status = coroutine.create, coroutine.resume, coroutine.status
+local traceback, tostring = debug.traceback, tostring
+local EXIT = "~~ksr~exit~~"
+local function finish(id, co, ok, a, ...)
+  if not ok then
+    cos[id] = nil
+    if a == EXIT then return 0, nil end
+    return -1, tostring(a), traceback(co, tostring(a))
+  end
+  if status(co) == "dead" then cos[id] = nil; return 0, a end
+  cos[id] = co
+  return 1, a, ...
+end
+function tsip_start(id, fn, ...)
+  local co = create(fn)
+  return finish(id, co, resume(co, ...))
+end
+function tsip_resume(id, ...)
+  local co = cos[id]
+  if co == nil then return -1, "coroutine is gone", "" end
+  return finish(id, co, resume(co, ...))
+end
+function tsip_abandon(id)
+  local co = cos[id]
+  cos[id] = nil
+  if co ~= nil and coroutine.close ~= nil then coroutine.close(co) end
+end
+function tsip_pending()
+  local n = 0
+  for _ in pairs(cos) do n = n + 1 end
+  return n
+end
+-- Missing KSR modules/functions fail with a message that names them.
+function tsip_strict(t, path)
+  return setmetatable(t, {__index = function(_, k)
+    error(path .. "." .. tostring(k) .. ": no such function or module in KSR", 2)
+  end})
+end
+tsip_log_on = {}
+"""
+
+# Kamailio's numeric log levels (L_ALERT..L_DBG) mapped onto Python logging.
+LOG_LEVELS: Final[dict[str, int]] = {
+    "alert": logging.CRITICAL, "crit": logging.CRITICAL, "err": logging.ERROR,
+    "warn": logging.WARNING, "notice": 25, "info": logging.INFO, "dbg": logging.DEBUG,
+}
+
+
+class ScriptError(Exception):
+    """A problem a route author must fix (raised into Lua, or at load time)."""
+
+
+class ScriptLoadError(ScriptError):
+    """The routes file could not be loaded; the message carries file:line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The outcome of running a coroutine until it finished, failed or yielded."""
+
+    code: int
+    value: Any = None
+    traceback: str = ""
+    co_id: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.code == DONE
+
+    @property
+    def yielded(self) -> bool:
+        return self.code == YIELDED
+
+    @property
+    def failed(self) -> bool:
+        return self.code == FAILED
+
+
+class ScriptEngine:
+    """Owns the LuaRuntime, the KSR table and the route coroutines."""
+
+    def __init__(
+        self,
+        modules: Iterable[Module],
+        *,
+        engine: str = "luajit",
+        lua_path: Iterable[str] = (),
+    ) -> None:
+        if engine not in ENGINES:
+            raise ScriptError(f"unknown Lua engine {engine!r} (one of {', '.join(ENGINES)})")
+        lupa_mod = importlib.import_module(ENGINES[engine])
+        # latin-1 both ways: SIP text is handled as latin-1 str in Python (offsets equal
+        # byte offsets), so any octet crosses into Lua and back unchanged.
+        self.lua = lupa_mod.LuaRuntime(
+            encoding="latin-1", unpack_returned_tuples=True, register_eval=False,
+            register_builtins=False,
+        )
+        self.engine_name = engine
+        self.implementation: str = self.lua.lua_implementation
+        self.modules = {m.name: m for m in modules}
+        self.ctx: MsgContext | None = None
+        self._ids = itertools.count(1)
+        self.lua.execute(_DRIVER)
+        g = self.lua.globals()
+        self._start: Callable[..., Any] = g.tsip_start
+        self._resume: Callable[..., Any] = g.tsip_resume
+        self._abandon: Callable[..., Any] = g.tsip_abandon
+        self._pending: Callable[..., Any] = g.tsip_pending
+        g.tsip_log = self._lua_log
+        self._log_on = g.tsip_log_on
+        self.sync_log_levels()
+        self._set_package_path(lua_path)
+        self._build_ksr()
+        self.routes_path: str | None = None
+
+    # -- setup ----------------------------------------------------------------
+
+    def _set_package_path(self, extra: Iterable[str]) -> None:
+        dirs = [*extra, str(packaged_lua_dir())]
+        pattern = ";".join(os.path.join(d, "?.lua") for d in dirs)
+        package = self.lua.globals().package
+        package.path = pattern + ";" + str(package.path)
+
+    def sync_log_levels(self) -> None:
+        """Tell Lua which script log levels are on, so a disabled KSR.dbg costs one
+        table lookup and no crossing into Python."""
+        for name, level in LOG_LEVELS.items():
+            self._log_on[name] = log.isEnabledFor(level)
+
+    def _lua_log(self, level: str, where: str, message: Any) -> None:
+        text = message if isinstance(message, str) else str(message)
+        text = text.rstrip("\n")
+        try:  # the text is latin-1-decoded UTF-8 most of the time: show it as such
+            text = text.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
+        log.log(LOG_LEVELS.get(level, logging.ERROR), "%s: %s", where, text)
+
+    def _build_ksr(self) -> None:
+        lua = self.lua
+        make_table: Callable[..., Any] = lua.eval("function() return {} end")
+        strict: Callable[..., Any] = lua.globals().tsip_strict
+        ksr = make_table()
+        for mod in self.modules.values():
+            if mod.name:
+                table = make_table()
+                ksr[mod.name] = table
+            else:
+                table = ksr
+            for export in mod.exports:
+                table[export.name] = self._make_export(mod, export)
+        for mod in self.modules.values():
+            if mod.name:
+                strict(ksr[mod.name], f"KSR.{mod.name}")
+        strict(ksr, "KSR")
+        lua.globals().KSR = ksr
+
+    def _make_export(self, mod: Module, export: Export) -> Any:
+        qual = f"KSR.{mod.name}.{export.name}" if mod.name else f"KSR.{export.name}"
+        if export.lua is not None:
+            return self.lua.eval(export.lua)
+        wrapper = _make_wrapper(self, qual, export)
+        if export.is_async:
+            # The Python side validates the arguments and returns the operation to await;
+            # the Lua side yields it to the driver, which resumes us with the result.
+            factory: Callable[..., Any] = self.lua.eval(
+                "function(py) return function(...) "
+                "local op = py(...) "
+                "if type(op) == 'number' then return op end "
+                "return coroutine.yield(op) end end"
+            )
+            return factory(wrapper)
+        return wrapper
+
+    # -- loading routes ---------------------------------------------------------
+
+    def load_routes(self, path: str | os.PathLike[str]) -> None:
+        """Load (run) the routes file; raises ScriptLoadError with file:line."""
+        p = Path(path)
+        if not p.is_file():
+            raise ScriptLoadError(f"routes file not found: {p}")
+        loader: Callable[..., Any] = self.lua.eval(
+            "function(path) local f, err = loadfile(path) if not f then return nil, err end "
+            "local ok, e = pcall(f) if not ok then return nil, tostring(e) end return true end"
+        )
+        ok, err = _pair(loader(str(p)))
+        if not ok:
+            raise ScriptLoadError(f"cannot load {p}: {err}")
+        self.routes_path = str(p)
+
+    def load_string(self, source: str, name: str = "=(string)") -> None:
+        """Run a chunk of Lua source (tests and ``lua_runstring`` hooks)."""
+        loader: Callable[..., Any] = self.lua.eval(
+            "function(src, name) local f, err = (loadstring or load)(src, name) "
+            "if not f then return nil, err end "
+            "local ok, e = pcall(f) if not ok then return nil, tostring(e) end return true end"
+        )
+        ok, err = _pair(loader(source, name))
+        if not ok:
+            raise ScriptLoadError(str(err))
+
+    def function(self, name: str) -> Any | None:
+        """A global Lua function by name, or None."""
+        f = self.lua.globals()[name]
+        if f is None or self.lua.globals().type(f) != "function":
+            return None
+        return f
+
+    # -- running routes -----------------------------------------------------------
+
+    def start(self, fn: Any, ctx: MsgContext, *args: Any) -> Step:
+        """Run ``fn(*args)`` in a new coroutine until it finishes, fails or yields."""
+        co_id = next(self._ids)
+        prev = self.ctx
+        self.ctx = ctx
+        try:
+            res = self._start(co_id, fn, *args)
+        finally:
+            self.ctx = prev
+        return _step(res, co_id)
+
+    def resume(self, co_id: int, ctx: MsgContext, value: Any = None) -> Step:
+        """Resume a yielded coroutine with the result of the operation it waited for."""
+        prev = self.ctx
+        self.ctx = ctx
+        try:
+            res = self._resume(co_id, value)
+        finally:
+            self.ctx = prev
+        return _step(res, co_id)
+
+    def abandon(self, co_id: int) -> None:
+        """Forget a suspended coroutine (its transaction ended): it never runs again."""
+        self._abandon(co_id)
+
+    @property
+    def pending_coroutines(self) -> int:
+        return int(self._pending())
+
+
+def _pair(res: Any) -> tuple[Any, Any]:
+    if isinstance(res, tuple):
+        return res[0], res[1] if len(res) > 1 else None
+    return res, None
+
+
+def _step(res: Any, co_id: int) -> Step:
+    if not isinstance(res, tuple):
+        return Step(int(res), None, "", co_id)
+    code = int(res[0])
+    if code == FAILED:
+        return Step(FAILED, res[1], res[2] if len(res) > 2 else "", co_id)
+    return Step(code, res[1] if len(res) > 1 else None, "", co_id)
+
+
+def packaged_lua_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / "lua"
+
+
+def packaged_routes_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / "routes"
+
+
+# ---------------------------------------------------------------------------
+# Export wrappers: the only code on the Lua -> Python path, so keep it lean.
+# ---------------------------------------------------------------------------
+
+
+def _to_int(qual: str, i: int, v: Any) -> int:
+    if type(v) is int:
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (str, bytes)):
+        try:
+            return int(v)
+        except ValueError:
+            pass
+    raise ScriptError(f"{qual}: argument {i + 1} must be an integer, got {_lua_type(v)}")
+
+
+def _to_str(qual: str, i: int, v: Any) -> str:
+    if type(v) is str:
+        return v
+    if isinstance(v, bool):
+        raise ScriptError(f"{qual}: argument {i + 1} must be a string, got boolean")
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() else repr(v)
+    if isinstance(v, bytes):
+        return v.decode("latin-1")
+    raise ScriptError(f"{qual}: argument {i + 1} must be a string, got {_lua_type(v)}")
+
+
+def _lua_type(v: Any) -> str:
+    if v is None:
+        return "nil"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    return type(v).__name__
+
+
+def _make_wrapper(engine: ScriptEngine, qual: str, export: Export) -> Callable[..., Any]:
+    func = export.func
+    allowed = export.routes
+    params = export.params
+    required = export.required
+    nparams = len(params)
+    convs: list[Callable[[str, int, Any], Any] | None] = []
+    for p in params:
+        convs.append(_to_int if p == "int" else _to_str if p == "str" else None)
+    bool_ret = export.ret == "bool"
+
+    def check_route(ctx: MsgContext | None) -> MsgContext:
+        if ctx is None:
+            raise ScriptError(f"{qual}: called outside of a route")
+        raise ScriptError(
+            f"{qual}: not allowed in {ctx.route_type.label} (allowed in {allowed.label})"
+        )
+
+    def wrapper(*args: Any) -> Any:
+        ctx = engine.ctx
+        if ctx is None or not (ctx.route_type & allowed):
+            ctx = check_route(ctx)
+        n = len(args)
+        if n != nparams and (n > nparams or n < required):
+            want = str(nparams) if required == nparams else f"{required}..{nparams}"
+            raise ScriptError(f"{qual}: expects {want} argument(s), got {n}")
+        if nparams:
+            args = tuple(
+                c(qual, i, a) if (c := convs[i]) is not None and a is not None else a
+                for i, a in enumerate(args)
+            )
+        result = func(ctx, *args)
+        if bool_ret and not isinstance(result, bool):
+            return result is not None and result > 0  # KEMI: >0 is true
+        return result
+
+    wrapper.__qualname__ = qual
+    return wrapper
+
+
+def exports_by_route(modules: Iterable[Module]) -> dict[str, RouteType]:
+    """``{"KSR.sl.sl_send_reply": allowed_routes}`` for static checks."""
+    out: dict[str, RouteType] = {}
+    for m in modules:
+        for e in m.exports:
+            out[f"KSR.{m.name}.{e.name}" if m.name else f"KSR.{e.name}"] = e.routes
+    return out

@@ -1,0 +1,168 @@
+"""Module export tables, as data (Kamailio ``cmd_export_t`` / ``sr_kemi_t``, OpenSIPS
+``cmd_export_t``).
+
+A module declares each Lua-visible function once: its name, the Python
+function, parameter types, the return convention, the route types it may run
+in and whether it waits. The Lua ``KSR`` table, the route-type checks, the
+``trio-sip check`` static analysis and the API reference in docs/ are all built
+from these declarations, so none of them can drift from the others.
+
+    sl = ModuleBuilder("sl", "Stateless replies.")
+
+    @sl.export(params=("int", "str"), routes=REQUEST | FAILURE | BRANCH)
+    def sl_send_reply(ctx: MsgContext, code: int, reason: str) -> int:
+        ...
+
+    MODULE = sl.build()
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ParamType = Literal["int", "str", "any", "func"]
+RetType = Literal["int", "bool", "xval", "str", "none"]
+
+
+class RouteType(enum.IntFlag):
+    """Route types, with Kamailio's bit values (``src/core/route.h``)."""
+
+    REQUEST = 1 << 0
+    FAILURE = 1 << 1
+    ONREPLY = 1 << 2  # tm onreply route (t_on_reply)
+    BRANCH = 1 << 3
+    ONSEND = 1 << 4
+    ERROR = 1 << 5
+    LOCAL = 1 << 6
+    CORE_REPLY = 1 << 7  # ksr_reply_route
+    BRANCH_FAILURE = 1 << 8
+    EVENT = 1 << 9  # module events, t_continue, async resumes without a message change
+    TIMER = 1 << 10  # rtimer routes
+    STARTUP = 1 << 11
+
+    @property
+    def label(self) -> str:
+        names = [_LABELS[m] for m in RouteType if m in self and m in _LABELS]
+        return "|".join(names) if names else "none"
+
+
+_LABELS = {
+    RouteType.REQUEST: "request_route",
+    RouteType.FAILURE: "failure_route",
+    RouteType.ONREPLY: "onreply_route",
+    RouteType.BRANCH: "branch_route",
+    RouteType.ONSEND: "onsend_route",
+    RouteType.ERROR: "error_route",
+    RouteType.LOCAL: "local_route",
+    RouteType.CORE_REPLY: "reply_route",
+    RouteType.BRANCH_FAILURE: "branch_failure_route",
+    RouteType.EVENT: "event_route",
+    RouteType.TIMER: "timer_route",
+    RouteType.STARTUP: "startup_route",
+}
+
+ANY_ROUTE = RouteType(sum(RouteType))
+#: Routes that process a request (Kamailio's REQUEST_ROUTE|FAILURE_ROUTE|BRANCH_ROUTE|...).
+REQUEST_ROUTES = (
+    RouteType.REQUEST | RouteType.FAILURE | RouteType.BRANCH | RouteType.BRANCH_FAILURE
+    | RouteType.EVENT | RouteType.LOCAL | RouteType.ONSEND
+)
+REPLY_ROUTES = RouteType.ONREPLY | RouteType.CORE_REPLY
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """One Lua-visible function ``KSR.<module>.<name>``."""
+
+    name: str
+    func: Callable[..., Any]
+    params: tuple[ParamType, ...] = ()
+    #: how many parameters are mandatory (defaults to all)
+    min_args: int | None = None
+    ret: RetType = "int"
+    routes: RouteType = ANY_ROUTE
+    #: an async export returns an operation that the runtime awaits; the route's
+    #: coroutine yields until it is done (see script/engine.py).
+    is_async: bool = False
+    #: implemented in Lua (the function is Lua source text), e.g. KSR.x.exit
+    lua: str | None = None
+    doc: str = ""
+
+    @property
+    def required(self) -> int:
+        return len(self.params) if self.min_args is None else self.min_args
+
+
+@dataclass(frozen=True, slots=True)
+class Module:
+    """A module: a name (``""`` for the functions directly under ``KSR``) and its exports."""
+
+    name: str
+    doc: str
+    exports: tuple[Export, ...]
+    #: a dataclass type holding the module's params, set from ``[modparams.NAME]``
+    params: type | None = None
+
+    def export(self, name: str) -> Export | None:
+        for e in self.exports:
+            if e.name == name:
+                return e
+        return None
+
+
+@dataclass
+class ModuleBuilder:
+    """Collects exports with a decorator, then :meth:`build` freezes them into a Module."""
+
+    name: str
+    doc: str
+    params: type | None = None
+    _exports: list[Export] = field(default_factory=list)
+
+    def export(
+        self,
+        params: tuple[ParamType, ...] = (),
+        *,
+        ret: RetType = "int",
+        routes: RouteType = ANY_ROUTE,
+        min_args: int | None = None,
+        name: str | None = None,
+        is_async: bool = False,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def deco(func: Callable[..., Any]) -> Callable[..., Any]:
+            doc = (func.__doc__ or "").strip()
+            self._exports.append(
+                Export(name or func.__name__, func, params, min_args, ret, routes, is_async,
+                       None, doc)
+            )
+            return func
+
+        return deco
+
+    def alias(self, name: str, of: str) -> None:
+        """Export an existing function under a second name (Kamailio has several)."""
+        for e in self._exports:
+            if e.name == of:
+                self._exports.append(
+                    Export(name, e.func, e.params, e.min_args, e.ret, e.routes, e.is_async,
+                           e.lua, f"Alias of {of}(). " + e.doc)
+                )
+                return
+        raise KeyError(of)
+
+    def lua_export(self, name: str, source: str, *, doc: str, params: tuple[ParamType, ...] = (),
+                   ret: RetType = "none", routes: RouteType = ANY_ROUTE) -> None:
+        """An export written in Lua (a function expression), e.g. ``KSR.x.exit``."""
+        self._exports.append(
+            Export(name, _lua_only, params, None, ret, routes, False, source, doc)
+        )
+
+    def build(self) -> Module:
+        return Module(self.name, self.doc, tuple(self._exports), self.params)
+
+
+def _lua_only(*_args: Any) -> Any:  # pragma: no cover - never called
+    raise RuntimeError("Lua-implemented export called from Python")

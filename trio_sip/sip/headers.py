@@ -1,0 +1,443 @@
+"""Header values: names, comma lists, parameters, name-addr, Via, CSeq.
+
+Values arrive here *unfolded* by the parser in a length-preserving way (each
+CRLF of a folded line is replaced by two spaces), so an offset into a value is
+also an offset into the raw message: edits can be spliced into the original
+bytes (see ``message.py``). The functions here therefore never strip a value
+before recording positions; they skip linear white space (LWS) as they go.
+
+Everything that parses network data ends in ``_untrusted`` and raises only
+:class:`~trio_sip.sip.errors.BadMessage`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Final
+
+from .errors import BadMessage
+from .uri import URI, parse_hostport_untrusted, parse_uri_untrusted
+
+# RFC 3261 §7.3.3 and later RFCs: compact header forms.
+COMPACT_FORMS: Final[dict[str, str]] = {
+    "i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length",
+    "c": "content-type", "f": "from", "s": "subject", "k": "supported", "t": "to",
+    "v": "via", "o": "event", "u": "allow-events", "r": "refer-to", "b": "referred-by",
+    "a": "accept-contact", "j": "reject-contact", "d": "request-disposition",
+    "x": "session-expires", "y": "identity", "n": "identity-info",
+}
+
+# Canonical spelling used when we generate a header from a lower-case key.
+CANONICAL: Final[dict[str, str]] = {
+    "call-id": "Call-ID", "cseq": "CSeq", "www-authenticate": "WWW-Authenticate",
+    "mime-version": "MIME-Version", "rack": "RAck", "rseq": "RSeq",
+}
+
+# Headers whose value is a comma-separated list (RFC 3261 §7.3.1) that we split.
+LIST_HEADERS: Final = frozenset({
+    "via", "contact", "route", "record-route", "path", "service-route", "allow", "supported",
+    "require", "proxy-require", "unsupported", "accept", "accept-encoding", "accept-language",
+    "allow-events", "content-encoding", "in-reply-to", "p-asserted-identity",
+})
+
+# Headers that must appear at most once in a request (a second one is a 400).
+SINGLE_HEADERS: Final = frozenset({
+    "call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type",
+})
+
+TOKEN_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+)
+_WS: Final = " \t"
+_QUOTED_PAIR_RE: Final = re.compile(r"\\(.)", re.DOTALL)
+
+
+def header_key(name: str) -> str:
+    """The lookup key of a header name: lower-case, compact forms expanded."""
+    low = name.lower()
+    return COMPACT_FORMS.get(low, low)
+
+
+def canonical_name(key: str) -> str:
+    """``call-id`` -> ``Call-ID``, ``record-route`` -> ``Record-Route``."""
+    known = CANONICAL.get(key)
+    if known is not None:
+        return known
+    return "-".join(part[:1].upper() + part[1:] for part in key.split("-"))
+
+
+def is_token(text: str) -> bool:
+    return bool(text) and all(c in TOKEN_CHARS for c in text)
+
+
+def split_commas(value: str) -> list[tuple[int, int]]:
+    """Split a header value at top-level commas; returns ``(start, end)`` spans.
+
+    Commas inside quoted strings and ``<...>`` do not split. Spans include
+    surrounding white space (callers skip it), and empty elements are kept so
+    the caller can reject them where the grammar forbids them.
+    """
+    spans: list[tuple[int, int]] = []
+    start = 0
+    i = 0
+    n = len(value)
+    in_quote = False
+    in_angle = False
+    while i < n:
+        c = value[i]
+        if in_quote:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_quote = False
+        elif c == '"':
+            in_quote = True
+        elif c == "<":
+            in_angle = True
+        elif c == ">":
+            in_angle = False
+        elif c == "," and not in_angle:
+            spans.append((start, i))
+            start = i + 1
+        i += 1
+    spans.append((start, n))
+    return spans
+
+
+def _skip_ws(text: str, i: int, end: int) -> int:
+    while i < end and text[i] in _WS:
+        i += 1
+    return i
+
+
+def parse_params_untrusted(
+    text: str, i: int, end: int, spans: list[tuple[int, int]] | None = None
+) -> tuple[list[tuple[str, str | None]], int]:
+    """Parse ``*( SEMI generic-param )`` starting at ``text[i]`` (a ``;`` or LWS).
+
+    ``generic-param = token [ EQUAL gen-value ]``, ``gen-value = token / host /
+    quoted-string``; LWS is allowed around ``;`` and ``=`` (RFC 3261 §25.1,
+    SEMI/EQUAL). Returns the list and the offset where parsing stopped. If
+    ``spans`` is given, the ``(start, end)`` of each ``;param[=value]`` is appended
+    (so a Via's ``rport`` flag can be replaced by ``rport=PORT`` in place).
+    """
+    params: list[tuple[str, str | None]] = []
+    while True:
+        i = _skip_ws(text, i, end)
+        if i >= end or text[i] != ";":
+            return params, i
+        semi = i
+        i = _skip_ws(text, i + 1, end)
+        j = i
+        while j < end and text[j] in TOKEN_CHARS:
+            j += 1
+        if j == i:
+            raise BadMessage("empty header parameter")
+        name = text[i:j]
+        i = _skip_ws(text, j, end)
+        value: str | None = None
+        if i < end and text[i] == "=":
+            i = _skip_ws(text, i + 1, end)
+            if i < end and text[i] == '"':
+                j = _end_of_quoted(text, i, end)
+                value = text[i:j]
+                i = j
+            else:
+                j = i
+                # token or host (host includes IPv6 references with brackets and ':')
+                while j < end and (text[j] in TOKEN_CHARS or text[j] in "[]:"):
+                    j += 1
+                if j == i:
+                    raise BadMessage(f"empty value for header parameter {name!r}")
+                value = text[i:j]
+                i = j
+        params.append((name, value))
+        if spans is not None:
+            spans.append((semi, i))
+
+
+def _end_of_quoted(text: str, i: int, end: int) -> int:
+    """Offset just past the closing quote of the quoted-string starting at ``text[i]``."""
+    j = i + 1
+    while j < end:
+        c = text[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == '"':
+            return j + 1
+        j += 1
+    raise BadMessage("unterminated quoted string")
+
+
+def param_get(params: list[tuple[str, str | None]], name: str) -> str | None:
+    """Value of a header parameter by case-insensitive name; ``""`` for a flag, None if absent."""
+    lname = name.lower()
+    for k, v in params:
+        if k.lower() == lname:
+            return "" if v is None else v
+    return None
+
+
+# ---------------------------------------------------------------------------
+# name-addr / addr-spec: From, To, Contact, Route, Record-Route, ...
+# ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class NameAddr:
+    """``[display-name] <URI> *(;param)`` or ``addr-spec *(;param)``.
+
+    ``display`` is as written (quotes kept); ``params`` are *header* parameters
+    (for an addr-spec without ``<>``, everything after the URI's first ``;`` is a
+    header parameter, RFC 3261 §20.10: this is what "cparam01" tests).
+    ``wildcard`` is set for ``Contact: *``.
+    """
+
+    uri: URI | None
+    display: str | None = None
+    params: list[tuple[str, str | None]] = field(default_factory=list)
+    angle: bool = True
+    wildcard: bool = False
+
+    def param(self, name: str) -> str | None:
+        return param_get(self.params, name)
+
+    @property
+    def tag(self) -> str | None:
+        return param_get(self.params, "tag")
+
+    @property
+    def display_unquoted(self) -> str:
+        d = self.display or ""
+        if len(d) >= 2 and d[0] == '"' and d[-1] == '"':
+            # quoted-pair = "\" any char (RFC 3261 §25.1): drop each escaping backslash
+            d = _QUOTED_PAIR_RE.sub(r"\1", d[1:-1])
+        return d
+
+    def __str__(self) -> str:
+        if self.wildcard:
+            return "*"
+        parts = []
+        if self.display:
+            parts.append(self.display + " ")
+        if self.angle:
+            parts.append(f"<{self.uri}>")
+        else:
+            parts.append(str(self.uri))
+        for k, v in self.params:
+            parts.append(f";{k}" if v is None else f";{k}={v}")
+        return "".join(parts)
+
+
+def parse_name_addr_untrusted(text: str, start: int = 0, end: int | None = None) -> NameAddr:
+    """Parse one name-addr or addr-spec with its header parameters."""
+    if end is None:
+        end = len(text)
+    i = _skip_ws(text, start, end)
+    if i >= end:
+        raise BadMessage("empty address")
+    display: str | None = None
+    if text[i] == '"':
+        j = _end_of_quoted(text, i, end)
+        display = text[i:j]
+        i = _skip_ws(text, j, end)
+        if i >= end or text[i] != "<":
+            raise BadMessage("quoted display name not followed by <URI>")
+    elif text[i] != "<":
+        # Either an addr-spec or a display name made of tokens followed by <URI>. A token
+        # has no ":", so a ":" before the "<" means an addr-spec whose parameters hold a
+        # "<" (``sip:a@b;+sip.instance="<urn:...>"``).
+        lt = text.find("<", i, end)
+        if lt >= 0 and text.find(":", i, lt) >= 0:
+            lt = -1
+        if lt >= 0:
+            words = text[i:lt].split()
+            if not words or not all(is_token(w) for w in words):
+                raise BadMessage(f"bad display name: {text[i:lt][:60]!r}")
+            display = text[i:lt].rstrip(_WS)
+            i = lt
+    if i < end and text[i] == "<":
+        gt = text.find(">", i, end)
+        if gt < 0:
+            raise BadMessage("unterminated <URI>")
+        inner = text[i + 1 : gt]
+        uri = parse_uri_untrusted(inner)
+        params, j = parse_params_untrusted(text, gt + 1, end)
+        if _skip_ws(text, j, end) != end:
+            raise BadMessage(f"junk after address: {text[j:end][:60]!r}")
+        return NameAddr(uri, display, params, angle=True)
+    # addr-spec: the URI ends at the first ';' (or white space); the rest are header params.
+    # RFC 3261 §20: an addr-spec with ',', '?' or ';' in the URI must be in <>.
+    j = i
+    while j < end and text[j] not in ";" + _WS:
+        j += 1
+    uri_text = text[i:j]
+    if "?" in uri_text or "," in uri_text:
+        raise BadMessage(f"URI with '?' or ',' must be enclosed in <>: {uri_text[:60]!r}")
+    uri = parse_uri_untrusted(uri_text)
+    params, k = parse_params_untrusted(text, j, end)
+    if _skip_ws(text, k, end) != end:
+        raise BadMessage(f"junk after address: {text[k:end][:60]!r}")
+    return NameAddr(uri, None, params, angle=False)
+
+
+def parse_name_addr_list_untrusted(value: str, *, allow_wildcard: bool = False) -> list[NameAddr]:
+    """Parse a comma-separated list of name-addrs (Contact, Route, Record-Route)."""
+    out: list[NameAddr] = []
+    for s, e in split_commas(value):
+        i = _skip_ws(value, s, e)
+        if i == e:
+            raise BadMessage("empty element in address list")
+        if allow_wildcard and value[i:e].strip() == "*":
+            out.append(NameAddr(None, wildcard=True))
+            continue
+        out.append(parse_name_addr_untrusted(value, s, e))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Via
+# ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Via:
+    """One via-parm. ``start``/``end`` locate it inside its header value
+    (``params_end`` is where a new parameter would be inserted)."""
+
+    protocol: str  # "SIP/2.0"
+    transport: str  # upper-case: UDP, TCP, TLS, SCTP, WS, WSS, ...
+    host: str  # as written (IPv6 with brackets)
+    port: int | None
+    params: list[tuple[str, str | None]]
+    start: int = 0
+    end: int = 0
+    params_end: int = 0
+    #: (start, end) of each ";name[=value]" in the header value, parallel to params
+    param_spans: list[tuple[int, int]] = field(default_factory=list)
+
+    def param(self, name: str) -> str | None:
+        return param_get(self.params, name)
+
+    @property
+    def branch(self) -> str | None:
+        return param_get(self.params, "branch")
+
+    @property
+    def received(self) -> str | None:
+        return param_get(self.params, "received")
+
+    @property
+    def rport(self) -> str | None:
+        """"" when the rport flag is present without a value, None when absent."""
+        return param_get(self.params, "rport")
+
+    @property
+    def maddr(self) -> str | None:
+        return param_get(self.params, "maddr")
+
+    @property
+    def ttl(self) -> str | None:
+        return param_get(self.params, "ttl")
+
+    @property
+    def host_bare(self) -> str:
+        h = self.host
+        return h[1:-1] if h.startswith("[") else h
+
+    @property
+    def sent_by(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+
+def parse_via_list_untrusted(value: str) -> list[Via]:
+    """Parse a Via header value (one or more comma-separated via-parms).
+
+    ``via-parm = sent-protocol LWS sent-by *( SEMI via-params )`` with
+    ``sent-protocol = protocol-name SLASH protocol-version SLASH transport``;
+    SLASH allows LWS on both sides (RFC 4475 §3.1.1.1 "wsinv" does that).
+    """
+    vias: list[Via] = []
+    for s, e in split_commas(value):
+        vias.append(_parse_via_untrusted(value, s, e))
+    return vias
+
+
+def _parse_via_untrusted(text: str, s: int, e: int) -> Via:
+    i = _skip_ws(text, s, e)
+    if i == e:
+        raise BadMessage("empty Via value")
+    fields: list[str] = []
+    for k in range(3):
+        i = _skip_ws(text, i, e)
+        j = i
+        while j < e and text[j] in TOKEN_CHARS:
+            j += 1
+        if j == i:
+            raise BadMessage("bad Via sent-protocol")
+        fields.append(text[i:j])
+        i = _skip_ws(text, j, e)
+        if k < 2:
+            if i >= e or text[i] != "/":
+                raise BadMessage("bad Via sent-protocol")
+            i += 1
+    name, version, transport = fields
+    if name.upper() != "SIP":
+        raise BadMessage(f"bad Via protocol name {name!r}")
+    if version != "2.0":
+        raise BadMessage(f"Via names SIP version {version!r}", status=505)
+    i = _skip_ws(text, i, e)
+    j = i
+    if j < e and text[j] == "[":
+        close = text.find("]", j, e)
+        if close < 0:
+            raise BadMessage("unterminated IPv6 reference in Via")
+        j = close + 1
+    while j < e and text[j] not in ";" + _WS:
+        j += 1
+    if j == i:
+        raise BadMessage("Via without sent-by")
+    host, port = parse_hostport_untrusted(text[i:j])
+    spans: list[tuple[int, int]] = []
+    params, k = parse_params_untrusted(text, j, e, spans)
+    end = _skip_ws(text, k, e)
+    if end != e:
+        raise BadMessage(f"junk in Via: {text[k:e][:60]!r}")
+    # params_end: the offset just after the last non-blank character of this via-parm
+    pe = e
+    while pe > s and text[pe - 1] in _WS:
+        pe -= 1
+    return Via("SIP/2.0", transport.upper(), host, port, params, start=s, end=e, params_end=pe,
+               param_spans=spans)
+
+
+# ---------------------------------------------------------------------------
+# CSeq, Max-Forwards, Content-Length, Expires
+# ---------------------------------------------------------------------------
+
+def parse_cseq_untrusted(value: str) -> tuple[int, str]:
+    # only SP/HT separate (str.split() would also split at \x1c-\x1f, \x85, \xa0)
+    parts = [p for p in value.replace("\t", " ").split(" ") if p]
+    if len(parts) != 2:
+        raise BadMessage(f"bad CSeq: {value.strip()[:60]!r}")
+    num_text, method = parts
+    if not num_text.isdigit() or not num_text.isascii() or len(num_text) > 10:
+        raise BadMessage(f"bad CSeq number: {num_text[:20]!r}")
+    num = int(num_text)
+    if num > 2**32 - 1:  # RFC 3261 §8.1.1.5: expressible as a 32-bit unsigned integer
+        raise BadMessage("CSeq number larger than 2**32-1")
+    if not is_token(method):
+        raise BadMessage(f"bad CSeq method: {method[:40]!r}")
+    return num, method
+
+
+def parse_uint_untrusted(value: str, what: str, maximum: int) -> int:
+    text = value.strip()
+    if not text.isdigit() or not text.isascii() or len(text) > 12:
+        raise BadMessage(f"bad {what}: {text[:20]!r}")
+    n = int(text)
+    if n > maximum:
+        raise BadMessage(f"{what} {n} out of range (max {maximum})")
+    return n

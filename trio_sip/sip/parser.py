@@ -1,0 +1,246 @@
+"""Parse one SIP message from bytes (RFC 3261 §7, §25).
+
+``parse_message_untrusted`` takes the bytes of one datagram (or one message
+cut out of a stream by :class:`~trio_sip.sip.framing.StreamFramer`) and returns
+a :class:`SipRequest` or :class:`SipResponse`, or raises :class:`BadMessage`.
+
+What is parsed eagerly is what every message needs for matching and for
+answering (CONVENTIONS §11): the start line, the header index, the top Via
+header, CSeq, Call-ID, From and To (tags), Content-Length and Max-Forwards.
+Everything else (other Vias, Contact, Route, bodies) is parsed on demand.
+
+A ``BadMessage`` raised after the header section was split carries
+``exc.is_request`` and the raw header lines in ``exc.headers`` so the caller can still answer a
+request with a 400 built from the raw header lines (RFC 4475 expects a 400 for
+most malformed requests, and a reply needs Via, From, To, Call-ID and CSeq
+only as text).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from .errors import BadMessage, MessageTooLarge
+from .headers import (
+    SINGLE_HEADERS,
+    TOKEN_CHARS,
+    header_key,
+    is_token,
+    parse_cseq_untrusted,
+    parse_name_addr_untrusted,
+    parse_uint_untrusted,
+    parse_via_list_untrusted,
+)
+from .message import Header, SipMessage, SipRequest, SipResponse
+from .uri import parse_uri_untrusted
+
+_WS: Final = " \t"
+# callid = word [ "@" word ] (RFC 3261 §25.1); word allows <>"[]{}?: and more, but not
+# white space, "," or ";" (RFC 4475 "intmeth" uses nearly every legal character).
+_CALL_ID_FORBIDDEN: Final = frozenset(" \t,;")
+
+DEFAULT_MAX_SIZE: Final = 65535
+
+# Date = "Date" HCOLON SIP-date; SIP-date = rfc1123-date = wkday "," SP date1 SP time SP "GMT"
+# (RFC 3261 §20.17, §25.1; ABNF literals are case-insensitive). RFC 4475 "baddate" (EST
+# instead of GMT) is rejected by this rule: its manifest expects a 4xx.
+_DATE_RE: Final = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+    r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT\Z",
+    re.IGNORECASE | re.ASCII,
+)
+
+
+def parse_message_untrusted(
+    data: bytes, *, stream: bool = False, max_size: int = DEFAULT_MAX_SIZE
+) -> SipMessage:
+    """Parse a whole message. ``stream`` means the bytes were framed by Content-Length
+    (so it is exact); for a datagram a shorter Content-Length truncates the body and
+    a longer one is an error (RFC 3261 §18.3)."""
+    if len(data) > max_size:
+        raise MessageTooLarge(f"message of {len(data)} bytes exceeds {max_size}")
+    # RFC 3261 §7.5: implementations SHOULD ignore CRLFs preceding the start line.
+    offset = 0
+    while data.startswith(b"\r\n", offset):
+        offset += 2
+    hend = data.find(b"\r\n\r\n", offset)
+    if hend < 0:
+        if data.endswith(b"\r\n") and len(data) > offset + 2:
+            # A header section that the datagram ends without the empty line: accept it as
+            # headers with no body (RFC 4475 "baddn" as archived is such a message).
+            hend = len(data) - 2
+            body_start = len(data)
+        else:
+            raise BadMessage("no end of header section")
+    else:
+        body_start = hend + 4
+    text = data[:hend].decode("latin-1")
+    if offset:
+        text = " " * offset + text[offset:]  # keep offsets; the padding is never read
+    line_end = text.find("\r\n", offset)
+    if line_end < 0:
+        line_end = len(text)
+    start_line = text[offset:line_end]
+    try:
+        headers = _split_headers_untrusted(text, line_end + 2 if line_end < len(text) else line_end)
+    except BadMessage as exc:
+        exc.is_request = not start_line.startswith("SIP/")
+        raise
+
+    is_request = not start_line.startswith("SIP/")
+    msg: SipMessage
+    try:
+        if not is_request:
+            status, reason, version = _parse_status_line_untrusted(start_line)
+            msg = SipResponse(data, text, headers, hend + 2, body_start, b"", status, reason,
+                              version)
+        else:
+            method, ruri_text, version, ruri_off = _parse_request_line_untrusted(start_line)
+            msg = SipRequest(data, text, headers, hend + 2, body_start, b"", method, ruri_text,
+                             offset + ruri_off, version)
+        _fill_and_check(msg, data, body_start, stream)
+    except BadMessage as exc:
+        exc.is_request = is_request
+        exc.headers = headers
+        raise
+    return msg
+
+
+def _split_headers_untrusted(text: str, pos: int) -> list[Header]:
+    headers: list[Header] = []
+    n = len(text)
+    while pos < n:
+        eol = text.find("\r\n", pos)
+        if eol < 0:
+            eol = n
+        # folded continuation lines: CRLF followed by SP/HT
+        while eol + 2 < n and text[eol + 2] in _WS:
+            nxt = text.find("\r\n", eol + 2)
+            eol = n if nxt < 0 else nxt
+        colon = text.find(":", pos, eol)
+        if colon < 0:
+            raise BadMessage(f"header line without a colon: {text[pos:eol][:60]!r}")
+        name = text[pos:colon].rstrip(_WS)
+        if not name or any(c not in TOKEN_CHARS for c in name):
+            raise BadMessage(f"bad header name: {name[:60]!r}")
+        raw_value = text[colon + 1 : eol]
+        if "\r\n" in raw_value:
+            raw_value = raw_value.replace("\r\n", "  ")  # length-preserving unfold
+        # Every line ends with a CRLF in the raw bytes, the last one too (it lies just past
+        # ``text``, which stops at the CRLF that ends the last header line).
+        line_end = eol + 2
+        headers.append(Header(name, header_key(name), raw_value, pos, line_end, colon + 1))
+        pos = line_end
+    return headers
+
+
+def _parse_status_line_untrusted(line: str) -> tuple[int, str, str]:
+    # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
+    parts = line.split(" ", 2)
+    if len(parts) < 3:
+        raise BadMessage(f"bad status line: {line[:60]!r}")
+    version, code, reason = parts
+    if version.upper() != "SIP/2.0":
+        raise BadMessage(f"unsupported SIP version {version[:20]!r}", status=505)
+    if len(code) != 3 or not code.isdigit() or not code.isascii() or not 100 <= int(code) <= 699:
+        raise BadMessage(f"bad status code {code[:20]!r}")
+    return int(code), reason, version
+
+
+def _parse_request_line_untrusted(line: str) -> tuple[str, str, str, int]:
+    # Request-Line = Method SP Request-URI SP SIP-Version CRLF: exactly single spaces
+    # (RFC 4475 "lwsstart", "trws" and "lwsruri" are rejected by this rule).
+    parts = line.split(" ")
+    if len(parts) != 3 or not all(parts):
+        if len(parts) == 2 and parts[0] and parts[1]:
+            raise BadMessage("request line without SIP version")
+        raise BadMessage(f"bad request line: {line[:80]!r}")
+    method, ruri_text, version = parts
+    if not is_token(method):
+        raise BadMessage(f"bad method: {method[:40]!r}")
+    if version.upper() != "SIP/2.0":
+        if version.upper().startswith("SIP/"):
+            raise BadMessage(f"unsupported SIP version {version[:20]!r}", status=505)
+        raise BadMessage(f"bad SIP version {version[:20]!r}")
+    return method, ruri_text, version, len(method) + 1
+
+
+def _fill_and_check(msg: SipMessage, data: bytes, body_start: int, stream: bool) -> None:
+    counts: dict[str, int] = {}
+    first: dict[str, Header] = {}
+    for h in msg.headers:
+        k = h.key
+        if k in SINGLE_HEADERS:
+            if k in counts:
+                counts[k] += 1
+            else:
+                counts[k] = 1
+                first[k] = h
+        elif (k == "via" or k == "date") and k not in first:
+            first[k] = h
+    for k, c in counts.items():
+        if c > 1:
+            raise BadMessage(f"more than one {k} header")
+
+    # Via: the first Via header line is parsed whole (it holds the top via-parm).
+    via_h = first.get("via")
+    if via_h is None:
+        raise BadMessage("missing Via header")
+    vias = parse_via_list_untrusted(via_h.value)
+    msg.via1 = vias[0]
+
+    call_id_h = first.get("call-id")
+    if call_id_h is None:
+        raise BadMessage("missing Call-ID header")
+    call_id = call_id_h.value.strip(_WS)
+    if not call_id or any(c in _CALL_ID_FORBIDDEN for c in call_id):
+        raise BadMessage(f"bad Call-ID: {call_id[:60]!r}")
+    msg.call_id = call_id
+
+    cseq_h = first.get("cseq")
+    if cseq_h is None:
+        raise BadMessage("missing CSeq header")
+    msg.cseq_num, msg.cseq_method = parse_cseq_untrusted(cseq_h.value)
+
+    from_h = first.get("from")
+    to_h = first.get("to")
+    if from_h is None or to_h is None:
+        raise BadMessage("missing From or To header")
+    msg._from = parse_name_addr_untrusted(from_h.value)
+    msg._to = parse_name_addr_untrusted(to_h.value)
+
+    date_h = first.get("date")
+    if date_h is not None and not _DATE_RE.match(date_h.text):
+        raise BadMessage(f"bad Date: {date_h.text[:40]!r}")
+
+    mf = first.get("max-forwards")
+    if mf is not None:
+        parse_uint_untrusted(mf.value, "Max-Forwards", 255)
+
+    # Body framing (RFC 3261 §18.3, §20.14).
+    available = len(data) - body_start
+    cl_h = first.get("content-length")
+    if cl_h is not None:
+        value = cl_h.value.strip(_WS)
+        # the length bound also keeps int() away from its 4300-digit ValueError
+        if not value.isdigit() or not value.isascii() or len(value.lstrip("0")) > 10:
+            raise BadMessage(f"bad Content-Length: {value[:20]!r}")
+        length = int(value)
+        if length > available:
+            raise BadMessage(f"Content-Length {length} exceeds the {available} body bytes received")
+        msg.body = data[body_start : body_start + length]
+    else:
+        if stream and available:
+            raise BadMessage("missing Content-Length on a stream transport")
+        msg.body = data[body_start:]
+
+    if isinstance(msg, SipRequest):
+        if msg.cseq_method != msg.method:
+            raise BadMessage(f"CSeq method {msg.cseq_method!r} does not match {msg.method!r}")
+        uri = parse_uri_untrusted(msg.ruri_text)
+        if uri.is_sip and uri.headers is not None:
+            # RFC 3261 §19.1.5: headers are not allowed in a Request-URI.
+            raise BadMessage("Request-URI with headers")
+        msg._ruri = uri

@@ -1,0 +1,69 @@
+"""The loopback-only send guard.
+
+Tests, examples and benchmarks of a SIP proxy are one typo away from sending
+INVITEs to a real address (a Request-URI copied from a trace, a DNS answer,
+a Contact from a torture test). With the guard enabled, every transport
+refuses to send anywhere but 127.0.0.0/8 and ::1 (IPv4-mapped ::ffff:127.x
+included), counts the refusal, and logs it once per destination: loud enough
+to notice, not loud enough to flood the log when a retransmission timer keeps
+trying.
+
+Only IP literals are judged: a name cannot be checked without resolving it,
+and resolving is itself traffic, so names are refused while the guard is on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from trio_sip.transport.base import Address
+
+__all__ = ["LoopbackGuard", "is_loopback_host"]
+
+logger = logging.getLogger("trio_sip.transport")
+
+# The "log once" memory is bounded; past this many distinct refused
+# destinations it is cleared, so a destination may be logged again.
+_MAX_REMEMBERED = 4096
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for an IP literal in 127.0.0.0/8, ::1, or ::ffff:127.0.0.0/104."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+class LoopbackGuard:
+    """Decide whether a destination may be sent to; count and log refusals.
+
+    One guard is normally shared by all transports of a server, so
+    :attr:`refused` is the server-wide count; each transport also counts its
+    own refusals in its statistics.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        #: destinations refused so far (every refusal, not just the logged ones)
+        self.refused = 0
+        self._logged: set[Address] = set()
+
+    def allows(self, dest: Address) -> bool:
+        """True when ``dest`` may be sent to; a refusal is counted and logged."""
+        if not self.enabled or is_loopback_host(dest.host):
+            return True
+        self.refused += 1
+        if dest not in self._logged:
+            if len(self._logged) >= _MAX_REMEMBERED:
+                self._logged.clear()
+            self._logged.add(dest)
+            logger.warning(
+                "loopback guard: refusing to send to %s (only loopback destinations are allowed)",
+                dest,
+            )
+        return False
