@@ -18,6 +18,7 @@ from tests.support.sipp import (
     EXIT_SOME_FAILED,
     Sipp,
     SippError,
+    Transport,
     parse_sipp_duration,
     parse_stats_csv,
     sipp_binary,
@@ -103,14 +104,16 @@ def test_parse_stats_csv_takes_last_row() -> None:
 
 @pytest.mark.sipp
 @requires_sipp
-@pytest.mark.parametrize("transport", ["u1", "t1"])
-async def test_uac_against_uas_50_calls(transport: str) -> None:
-    uas = Sipp("uas.xml", calls=50, transport=transport, timeout=30)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("uas_transport", "uac_transport"), [("u1", "u1"), ("t1", "t1"), ("t1", "tn")]
+)
+async def test_uac_against_uas_50_calls(uas_transport: Transport, uac_transport: Transport) -> None:
+    uas = Sipp("uas.xml", calls=50, transport=uas_transport, timeout=30)
     async with uas.running() as server:
         uac = Sipp(
             "uac.xml",
             remote=server.port,
-            transport=transport,  # type: ignore[arg-type]
+            transport=uac_transport,
             calls=50,
             rate=50,
             limit=50,

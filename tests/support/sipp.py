@@ -88,6 +88,7 @@ __all__ = [
     "SippError",
     "SippProcess",
     "SippResult",
+    "Transport",
     "parse_sipp_duration",
     "parse_stats_csv",
     "run_sipp",
@@ -304,6 +305,11 @@ class Sipp:
     recv_timeout_ms: int | None = None  # -recv_timeout
     auto_answer: bool = False  # -aa
     max_retrans: int | None = None  # -max_retrans
+    max_sockets: int = 1024  # -max_socket, with transport un/tn (SIPp's default 50000 fails)
+    # TCP only: SIPp aborts every call on a connection when the peer closes it (-reconnect_close
+    # true), which fails the calls a SIPp UAS still holds in <timewait> when a SIPp UAC exits.
+    # Off by default; set True to count such closes as failures.
+    close_calls_on_disconnect: bool = False
     trace_msg: bool = False  # -trace_msg into the work dir
     keys: Mapping[str, str] = field(default_factory=dict)  # -key NAME VALUE
     variables: Mapping[str, str] = field(default_factory=dict)  # -set NAME VALUE
@@ -410,6 +416,10 @@ class Sipp:
             cmd += ["-max_retrans", str(self.max_retrans)]
         if self.auto_answer:
             cmd.append("-aa")
+        if self.transport in ("un", "tn"):
+            cmd += ["-max_socket", str(self.max_sockets)]
+        if self.is_tcp and not self.close_calls_on_disconnect:
+            cmd += ["-reconnect_close", "false"]
         for k, v in self.keys.items():
             cmd += ["-key", k, v]
         for k, v in self.variables.items():

@@ -189,10 +189,11 @@ def loose_route(req: SipRequest, is_myself: IsMyself) -> LooseRouteResult:
         # A strict router upstream put our Record-Route URI in the R-URI.
         last = routes[-1]
         result.new_ruri = str(last[1].uri)
+        result.code = 1
         routes = routes[:-1]
         _consume(result, [last], keep=routes)
     if not routes:
-        return result if result.new_ruri is not None else LooseRouteResult(-1, [], [])
+        return result
     consumed: list[tuple[int, NameAddr]] = []
     i = 0
     while i < len(routes) and i < 2:

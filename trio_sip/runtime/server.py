@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -22,7 +22,7 @@ from ..config import Config
 from ..modules import builtin_modules
 from ..script.engine import ScriptEngine, ScriptError
 from ..script.exports import Module
-from ..transport.base import Address, Transport
+from ..transport.base import Address, MessageHandler, Transport
 from ..transport.guard import LoopbackGuard
 from ..transport.tcp import TcpTransport
 from ..transport.udp import UdpTransport
@@ -64,21 +64,25 @@ def build_engine(config: Config, modules: Sequence[Module] | None = None) -> Scr
     return engine
 
 
+#: Makes the server's transports from its message handler and guard, instead of the
+#: configured listeners (tests bind SimNetwork transports this way).
+TransportFactory = Callable[[MessageHandler, LoopbackGuard], Sequence[Transport]]
+
+
 async def serve(
     config: Config,
     *,
-    transports: Sequence[Transport] | None = None,
+    transports: TransportFactory | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the server until cancelled. ``transports`` replaces the configured listeners
-    (tests pass SimNetwork transports); they must already be able to send."""
+    """Run the server until cancelled; report started once every listener is bound."""
     engine = build_engine(config)
     guard = LoopbackGuard(config.core.loopback_only)
     core = ProxyCore(config, engine, guard)
     server = Server(config, core, engine, guard)
     async with trio.open_nursery() as nursery:
         if transports is not None:
-            for t in transports:
+            for t in transports(core.on_message, guard):
                 core.add_transport(t)
                 server.transports.append(t)
         else:
