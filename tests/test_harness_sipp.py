@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
-
-from tests.support.ports import LOOPBACK, free_port
-from tests.support.sipp import (
+from support.ports import LOOPBACK, free_port
+from support.sipp import (
     EXIT_SOME_FAILED,
     Sipp,
     SippError,
@@ -51,7 +50,7 @@ def test_command_line_names_uas_and_sends_to_proxy() -> None:
         auto_answer=True,
         timeout=12.5,
         binary="/usr/bin/sipp",
-    ).resolved()
+    )
     cmd = s.command()
     joined = " ".join(cmd)
     assert cmd[0] == "/usr/bin/sipp"
@@ -160,9 +159,10 @@ async def test_cancel_against_ringing_uas() -> None:
 @requires_sipp
 async def test_cancellation_kills_sipp() -> None:
     proc = None
-    with trio.move_on_after(0.5):
+    with trio.CancelScope() as scope:
         async with Sipp("uas.xml", timeout=60).running() as uas:
             proc = uas
+            scope.cancel()
             await trio.sleep_forever()
     assert proc is not None
     assert proc.process.returncode is not None  # gone, not orphaned
@@ -259,13 +259,19 @@ async def test_register_against_in_loop_registrar(nursery: trio.Nursery) -> None
     assert result.ok and result.successful == 20, result.describe()
 
 
+def _call_ids(msgs: list[list[str]]) -> set[str]:
+    return {h[1] for m in msgs if (h := _header(m, "Call-ID")) is not None}
+
+
 class Relay(Element):
     """Stateless record-routing relay (RFC 3261 §16.11 in miniature, loopback only):
     requests are forwarded to their Route, else their Request-URI, with our Via on top
     (branch derived from the received one, so a CANCEL matches its INVITE) and, on an
     initial INVITE, our Record-Route; responses lose our Via and go to the next Via."""
 
-    async def handle(self, sock: trio.socket.SocketType, data: bytes, _: tuple[str, int]) -> None:
+    async def handle(
+        self, sock: trio.socket.SocketType, data: bytes, _addr: tuple[str, int]
+    ) -> None:
         lines, body = _split(data)
         self.seen.append(list(lines))
         if lines[0].startswith("SIP/2.0 "):
@@ -287,16 +293,16 @@ class Relay(Element):
             method, ruri, _v = lines[0].split(" ", 2)
             route = _header(lines, "Route")
             if route and _hostport(route[1].split(",")[0]) == (LOOPBACK, self.port):
-                rest = route[1].split(",", 1)[1:]
-                if rest:
-                    lines[route[0]] = "Route: " + rest[0].strip()
+                others = route[1].split(",", 1)[1:]
+                if others:
+                    lines[route[0]] = "Route: " + others[0].strip()
                 else:
                     del lines[route[0]]
                 route = _header(lines, "Route")
             target = _hostport(route[1].split(",")[0] if route else ruri)
-            top = _header(lines, "Via")
-            assert top is not None
-            branch = hashlib.md5(top[1].encode()).hexdigest()[:16]
+            top_via = _header(lines, "Via")
+            assert top_via is not None
+            branch = hashlib.md5(top_via[1].encode()).hexdigest()[:16]
             lines.insert(1, f"Via: SIP/2.0/UDP {LOOPBACK}:{self.port};branch=z9hG4bK{branch}")
             to = _header(lines, "To")
             if method == "INVITE" and to is not None and ";tag=" not in to[1]:
@@ -323,12 +329,12 @@ async def test_uac_through_record_routing_relay(nursery: trio.Nursery) -> None:
     assert uas_result.ok and uas_result.successful == 10, uas_result.describe()
     # R-URI named the UAS while the packets went to the relay (-rsa) ...
     invites = relay.requests("INVITE")
-    assert len(invites) == 10
+    assert len(_call_ids(invites)) == 10  # (a slow run may add retransmissions)
     assert all(f"sip:service@127.0.0.1:{uas.port}" in m[0] for m in invites)
     # ... and ACK and BYE followed the Record-Route: they came back with our Route.
     for method in ("ACK", "BYE"):
         msgs = relay.requests(method)
-        assert len(msgs) == 10, method
+        assert len(_call_ids(msgs)) == 10, method
         assert all(_header(m, "Route") for m in msgs), method
 
 

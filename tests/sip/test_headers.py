@@ -201,7 +201,10 @@ def test_via_basic() -> None:
     value = "SIP/2.0/UDP pc33.atlanta.com:5066;branch=z9hG4bK776asdhds;rport"
     (via,) = parse_via_list_untrusted(value)
     assert (via.protocol, via.transport, via.host, via.port) == (
-        "SIP/2.0", "UDP", "pc33.atlanta.com", 5066,
+        "SIP/2.0",
+        "UDP",
+        "pc33.atlanta.com",
+        5066,
     )
     assert via.branch == "z9hG4bK776asdhds"
     assert via.rport == ""  # flag present, no value
@@ -212,7 +215,10 @@ def test_via_basic() -> None:
 
 
 def test_via_rport_value_received_ipv6_maddr_ttl() -> None:
-    value = "SIP/2.0/UDP [2001:db8::9:1]:5070;rport=1234;received=2001:db8::9:255;maddr=224.2.0.1;ttl=16"
+    value = (
+        "SIP/2.0/UDP [2001:db8::9:1]:5070;rport=1234;received=2001:db8::9:255"
+        ";maddr=224.2.0.1;ttl=16"
+    )
     (via,) = parse_via_list_untrusted(value)
     assert (via.host, via.port, via.host_bare) == ("[2001:db8::9:1]", 5070, "2001:db8::9:1")
     assert via.rport == "1234"
@@ -330,11 +336,26 @@ def test_uint() -> None:
 @pytest.mark.parametrize(
     ("name", "key"),
     [
-        ("Via", "via"), ("v", "via"), ("V", "via"), ("i", "call-id"), ("m", "contact"),
-        ("l", "content-length"), ("c", "content-type"), ("f", "from"), ("t", "to"),
-        ("s", "subject"), ("k", "supported"), ("e", "content-encoding"), ("o", "event"),
-        ("r", "refer-to"), ("b", "referred-by"), ("u", "allow-events"), ("x", "session-expires"),
-        ("CALL-ID", "call-id"), ("C%6Fntact", "c%6fntact"), ("MaX-fOrWaRdS", "max-forwards"),
+        ("Via", "via"),
+        ("v", "via"),
+        ("V", "via"),
+        ("i", "call-id"),
+        ("m", "contact"),
+        ("l", "content-length"),
+        ("c", "content-type"),
+        ("f", "from"),
+        ("t", "to"),
+        ("s", "subject"),
+        ("k", "supported"),
+        ("e", "content-encoding"),
+        ("o", "event"),
+        ("r", "refer-to"),
+        ("b", "referred-by"),
+        ("u", "allow-events"),
+        ("x", "session-expires"),
+        ("CALL-ID", "call-id"),
+        ("C%6Fntact", "c%6fntact"),
+        ("MaX-fOrWaRdS", "max-forwards"),
     ],
 )
 def test_header_key(name: str, key: str) -> None:
@@ -344,9 +365,15 @@ def test_header_key(name: str, key: str) -> None:
 @pytest.mark.parametrize(
     ("key", "name"),
     [
-        ("call-id", "Call-ID"), ("cseq", "CSeq"), ("www-authenticate", "WWW-Authenticate"),
-        ("record-route", "Record-Route"), ("via", "Via"), ("content-length", "Content-Length"),
-        ("x-my-header", "X-My-Header"), ("rack", "RAck"), ("mime-version", "MIME-Version"),
+        ("call-id", "Call-ID"),
+        ("cseq", "CSeq"),
+        ("www-authenticate", "WWW-Authenticate"),
+        ("record-route", "Record-Route"),
+        ("via", "Via"),
+        ("content-length", "Content-Length"),
+        ("x-my-header", "X-My-Header"),
+        ("rack", "RAck"),
+        ("mime-version", "MIME-Version"),
     ],
 )
 def test_canonical_name(key: str, name: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sip_helpers import INVITE, INVITE_BODY, TortureCase, torture, torture_params
+from sip_helpers import INVITE, INVITE_BODY, TortureCase, torture_params
 
 from trio_sip.sip.errors import BadMessage, MessageTooLarge
 from trio_sip.sip.message import SipMessage, SipRequest, SipResponse
@@ -54,9 +54,9 @@ def test_unedited_torture_round_trip(case: TortureCase) -> None:
         line = case.data[h.start : h.end]
         assert line.endswith(b"\r\n")
         assert line.decode("latin-1").startswith(h.name)
-    assert case.data[msg.headers_end : msg.headers_end + 2] == b"\r\n" or (
-        msg.headers_end == len(case.data)  # a datagram without the empty line
-    )
+    assert msg.raw is case.data
+    assert case.data[msg.headers_end : msg.headers_end + 2] == b"\r\n"
+    assert msg.body_start == msg.headers_end + 2
     if msg.headers:
         assert msg.headers[-1].end == msg.headers_end
 
@@ -67,8 +67,6 @@ def test_torture_append_header_reparses(case: TortureCase) -> None:
         msg = parse(case.data)
     except BadMessage:
         return
-    if msg.headers_end == len(case.data):
-        return  # no empty line to keep
     msg.append_header("X-Test: appended")
     again = parse(msg.to_bytes())
     assert again.get("x-test") == "appended"
@@ -95,6 +93,23 @@ def test_typical_invite() -> None:
     assert [str(na.uri) for _, na in msg.routes("record-route")] == ["sip:rr.example.com;lr"]
     assert [str(c.uri) for c in msg.contacts()] == ["sip:alice@pc33.atlanta.example.com"]
     assert "INVITE" in repr(msg)
+
+
+def test_datagram_without_empty_line() -> None:
+    # accepted as headers without a body; the missing empty line is supplied
+    head = INVITE[: INVITE.index(b"\r\n\r\n")].replace(b"Content-Length: 13", b"Content-Length: 0")
+    msg = req(head + b"\r\n")
+    assert msg.body == b""
+    assert msg.to_bytes() == head + b"\r\n\r\n"
+    msg.set_body(b"abc")
+    msg.append_header("X-A: 1")
+    assert msg.to_bytes() == head.replace(b"Content-Length: 0", b"Content-Length: 3") + (
+        b"\r\nX-A: 1\r\n\r\nabc"
+    )
+    with pytest.raises(BadMessage):
+        parse(head)  # no CRLF at all after the last header
+    with pytest.raises(BadMessage):
+        parse(head.replace(b"Content-Length: 0", b"Content-Length: 1") + b"\r\n")
 
 
 def test_trailing_datagram_octets_dropped() -> None:
@@ -156,7 +171,11 @@ def test_response_bad_version_is_505() -> None:
 
 @pytest.mark.parametrize(
     "date",
-    [b"Sat, 13 Nov 2010 23:29:00 GMT", b"sat, 13 nov 2010 23:29:00 gmt", b"Sat,  13 Nov 2010\r\n 23:29:00 GMT"],
+    [
+        b"Sat, 13 Nov 2010 23:29:00 GMT",
+        b"sat, 13 nov 2010 23:29:00 gmt",
+        b"Sat,  13 Nov 2010\r\n 23:29:00 GMT",
+    ],
 )
 def test_good_date(date: bytes) -> None:
     parse(INVITE.replace(b"Subject: lunch", b"Date: " + date))
@@ -221,7 +240,9 @@ def test_insert_header_first() -> None:
     )
     again = parse(out)
     assert [v.host for v in again.vias] == [
-        "proxy.example.com", "pc33.atlanta.example.com", "[2001:db8::1]",
+        "proxy.example.com",
+        "pc33.atlanta.example.com",
+        "[2001:db8::1]",
     ]
     assert again.body == INVITE_BODY
     assert msg.edited
@@ -317,7 +338,9 @@ def test_set_body_without_content_length() -> None:
     )
     msg = req(data)
     msg.set_body(b"abc", "text/plain")
-    again = parse(msg.to_bytes(), )
+    again = parse(
+        msg.to_bytes(),
+    )
     assert again.body == b"abc"
     assert again.get("content-length") == "3"
     assert again.get("content-type") == "text/plain"
@@ -452,7 +475,9 @@ def test_response_remove_top_via() -> None:
     assert isinstance(msg, SipResponse)
     assert (msg.status, msg.reason, msg.version) == (200, "OK", "SIP/2.0")
     assert [v.host for v in msg.vias] == [
-        "proxy.example.com", "pc33.example.com", "first.example.com",
+        "proxy.example.com",
+        "pc33.example.com",
+        "first.example.com",
     ]
     # the top via-parm shares its line with the next one: cut it out of the value
     h = msg.headers[0]
@@ -461,5 +486,7 @@ def test_response_remove_top_via() -> None:
     out = msg.to_bytes()
     again = parse(out)
     assert [v.host for v in again.vias] == ["pc33.example.com", "first.example.com"]
-    assert out.startswith(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP pc33.example.com;branch=z9hG4bKu1\r\n")
+    assert out.startswith(
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP pc33.example.com;branch=z9hG4bKu1\r\n"
+    )
     assert "200" in repr(msg)

@@ -336,9 +336,26 @@ def test_badbranch_magic_cookie_only() -> None:
 @pytest.mark.parametrize(
     "case_id",
     [
-        "badinv01", "clerr", "ncl", "scalar02", "quotbal", "ltgtruri", "lwsruri", "lwsstart",
-        "trws", "escruri", "baddate", "badaspec", "baddn", "baddn-terminated", "mismatch01",
-        "mismatch02", "insuf", "multi01", "mcl01", "ipv6-bad",
+        "badinv01",
+        "clerr",
+        "ncl",
+        "scalar02",
+        "quotbal",
+        "ltgtruri",
+        "lwsruri",
+        "lwsstart",
+        "trws",
+        "escruri",
+        "baddate",
+        "badaspec",
+        "baddn",
+        "baddn-terminated",
+        "mismatch01",
+        "mismatch02",
+        "insuf",
+        "multi01",
+        "mcl01",
+        "ipv6-bad",
     ],
 )
 def test_invalid_requests_get_400(case_id: str) -> None:
@@ -368,7 +385,11 @@ def test_test_dat_has_no_version() -> None:
 
 def test_ipv6_good() -> None:
     msg = _req("ipv6-good")
-    assert (msg.ruri.host, msg.ruri.port, msg.ruri.host_bare) == ("[2001:db8::10]", None, "2001:db8::10")
+    assert (msg.ruri.host, msg.ruri.port, msg.ruri.host_bare) == (
+        "[2001:db8::10]",
+        None,
+        "2001:db8::10",
+    )
     assert msg.via1 is not None
     assert (msg.via1.host, msg.via1.host_bare) == ("[2001:db8::9:1]", "2001:db8::9:1")
     (contact,) = msg.contacts()

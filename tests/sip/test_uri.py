@@ -24,7 +24,13 @@ def test_full_sip_uri() -> None:
 def test_minimal_and_sips() -> None:
     u = parse_uri_untrusted("sips:example.com")
     assert (u.scheme, u.user, u.password, u.host, u.port, u.params, u.headers) == (
-        "sips", None, None, "example.com", None, [], None,
+        "sips",
+        None,
+        None,
+        "example.com",
+        None,
+        [],
+        None,
     )
     assert u.is_sip
     assert u.transport == ""
@@ -113,15 +119,43 @@ def test_hosts_and_ports(text: str, host: str, port: int | None, bare: str) -> N
 @pytest.mark.parametrize(
     "text",
     [
-        "", "sip", ":x", "1sip:x", "s p:x", "sip:", "tel:", "foo:",
-        "sip:@h", "sip:h:", "sip:h:-1", "sip:h:abc", "sip:h:65536", "sip:h:99999", "sip:h:123456",
+        "",
+        "sip",
+        ":x",
+        "1sip:x",
+        "s p:x",
+        "sip:",
+        "tel:",
+        "foo:",
+        "sip:@h",
+        "sip:h:",
+        "sip:h:-1",
+        "sip:h:abc",
+        "sip:h:65536",
+        "sip:h:99999",
+        "sip:h:123456",
         "sip:h:\uff15\uff10\uff16\uff10",  # fullwidth digits are digits to str.isdigit()
         "sip:h:5060:5060",
         "sip:2001:db8::10",  # RFC 5118 ipv6-bad: IPv6 without brackets
-        "sip:[::1", "sip:[::1]x", "sip:[::1]:", "sip:[zz::1]", "sip:[]",
-        "sip:-h", "sip:h!", "sip:u@", "sip:u@;lr",
-        "sip:h;", "sip:h;;lr", "sip:h;=x",
-        "sip:a b@h", "sip:h\t", "sip:<h>", "<sip:h>", 'sip:"h"', "sip:h\r\n", "sip:h\x00",
+        "sip:[::1",
+        "sip:[::1]x",
+        "sip:[::1]:",
+        "sip:[zz::1]",
+        "sip:[]",
+        "sip:-h",
+        "sip:h!",
+        "sip:u@",
+        "sip:u@;lr",
+        "sip:h;",
+        "sip:h;;lr",
+        "sip:h;=x",
+        "sip:a b@h",
+        "sip:h\t",
+        "sip:<h>",
+        "<sip:h>",
+        'sip:"h"',
+        "sip:h\r\n",
+        "sip:h\x00",
     ],
 )
 def test_bad_uris(text: str) -> None:

@@ -72,7 +72,7 @@ from typing import Any, Literal
 
 import trio
 
-from tests.support.ports import LOOPBACK, free_port, free_port_both
+from .ports import LOOPBACK, free_port, free_port_both, is_port_free
 
 __all__ = [
     "BUILTIN_SCENARIOS",
@@ -200,6 +200,8 @@ class SippResult:
     errors: str
     screen: str
     stopped: str | None = None  # None: exited by itself; else how we ended it
+    messages: str = ""  # with trace_msg=True: every message sent and received
+    kept: bool = False  # workdir left on disk (keep_workdir=True or $TRIO_SIP_KEEP_SIPP)
 
     @property
     def successful(self) -> int:
@@ -260,7 +262,8 @@ class SippResult:
             f" {self.retransmissions} retransmissions, {self.unexpected_messages} unexpected,"
             f" {self.timeouts} timeouts"
             + (f", response time {rt * 1000:.1f} ms" if rt is not None else ""),
-            f"  elapsed {self.elapsed:.2f} s; files in {self.workdir}",
+            f"  elapsed {self.elapsed:.2f} s; files "
+            + (f"in {self.workdir}" if self.kept else "removed (keep: $TRIO_SIP_KEEP_SIPP=1)"),
             "  command: " + " ".join(self.command),
         ]
         if self.errors.strip():
@@ -314,7 +317,7 @@ class Sipp:
     keys: Mapping[str, str] = field(default_factory=dict)  # -key NAME VALUE
     variables: Mapping[str, str] = field(default_factory=dict)  # -set NAME VALUE
     extra_args: Sequence[str] = ()
-    workdir: Path | None = None  # default: a fresh temp dir, removed after a good run
+    workdir: Path | None = None  # default: a fresh temp dir, removed after the run
     control_port: int | None = None  # -cp; default: a free UDP port
     media_port: int | None = None  # -mp; default: a free UDP port
     binary: str | None = None
@@ -335,15 +338,19 @@ class Sipp:
     def is_tcp(self) -> bool:
         return self.transport.startswith("t")
 
-    def resolved(self) -> Sipp:
-        """A copy with every free port chosen and the work dir created."""
+    def resolved(self, *, create_dir: bool = True) -> Sipp:
+        """A copy with every free port chosen and the work dir created (with
+        ``create_dir=False`` a placeholder path, for showing a command line)."""
         local = self.local_port
         if local is None:
             local = free_port_both() if self.is_tcp else free_port("udp")
         workdir = self.workdir
         if workdir is None:
-            workdir = Path(tempfile.mkdtemp(prefix="sipp-"))
-        else:
+            if create_dir:
+                workdir = Path(tempfile.mkdtemp(prefix="sipp-"))
+            else:
+                workdir = Path(tempfile.gettempdir()) / "sipp-WORKDIR"
+        elif create_dir:
             workdir.mkdir(parents=True, exist_ok=True)
         return replace(
             self,
@@ -381,9 +388,10 @@ class Sipp:
         }
 
     def command(self) -> list[str]:
-        """The full command line. Call on a :meth:`resolved` copy (ports and dir chosen)."""
+        """The full command line. Unresolved ports are chosen here, and the work dir is a
+        placeholder; the runners use a :meth:`resolved` copy."""
         if self.local_port is None or self.workdir is None:
-            return self.resolved().command()
+            return self.resolved(create_dir=False).command()
         binary = self.binary or sipp_binary()
         if binary is None:
             raise SippError("sipp not found (install Debian's sip-tester or set TRIO_SIP_SIPP)")
@@ -477,7 +485,7 @@ class Sipp:
             yield proc
         except BaseException:
             with trio.CancelScope(shield=True):
-                await proc._kill()
+                await proc._kill_and_clean()
             raise
         else:
             with trio.CancelScope(shield=True):
@@ -514,8 +522,6 @@ def _bound_by(pid: int, port: int, tcp: bool) -> bool:
     someone else does not pass for SIPp being ready)."""
     inodes = _socket_inodes(port, tcp)
     if inodes is None:  # no /proc: fall back to "someone has bound it"
-        from tests.support.ports import is_port_free
-
         return not is_port_free(port, "tcp" if tcp else "udp")
     if not inodes:
         return False
@@ -562,11 +568,20 @@ class _ProcessBase:
             screen=screen,
             stopped=self._stopped,
         )
-        keep = keep_workdir if keep_workdir is not None else not result.ok
-        if self.owns_workdir and not keep:
-            shutil.rmtree(self.sipp.workdir, ignore_errors=True)
+        if keep_workdir is None:
+            keep_workdir = bool(os.environ.get("TRIO_SIP_KEEP_SIPP"))
+        kept = keep_workdir or not self.owns_workdir
+        result = replace(result, messages=_read(f["messages"]), kept=kept)
+        if not kept:
+            self._cleanup()
         self.result = result
         return result
+
+    def _cleanup(self) -> None:
+        """Remove the work dir we created (the texts are in the result by now)."""
+        if self.owns_workdir and self.sipp.workdir is not None:
+            if not os.environ.get("TRIO_SIP_KEEP_SIPP"):
+                shutil.rmtree(self.sipp.workdir, ignore_errors=True)
 
     def _not_ready(self, why: str) -> SippError:
         f = self.sipp.files()
@@ -671,7 +686,10 @@ class SippProcess(_ProcessBase):
         if p.poll() is None:
             self._stopped = self._stopped or "kill"
             p.kill()
-        return p.wait()
+        rc = p.wait()
+        if self.result is None:
+            self._cleanup()
+        return rc
 
 
 class AsyncSippProcess(_ProcessBase):
@@ -760,6 +778,11 @@ class AsyncSippProcess(_ProcessBase):
             self._stopped = self._stopped or "kill"
             p.kill()
         return await p.wait()
+
+    async def _kill_and_clean(self) -> None:
+        await self._kill()
+        if self.result is None:
+            self._cleanup()
 
 
 # --- conveniences ----------------------------------------------------------------------

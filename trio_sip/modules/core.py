@@ -6,6 +6,7 @@ exports return >0 for success, <0 for failure.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..script.context import MsgContext
@@ -14,12 +15,14 @@ from ..sip.errors import BadMessage
 from ..sip.message import SipRequest
 from ..sip.uri import URI, parse_uri_untrusted
 
+log = logging.getLogger("trio_sip.script")
+
 core = ModuleBuilder("", "Core functions directly under KSR: methods, flags, URIs, logging.")
 
 _METHOD_LETTERS = {
     "I": "INVITE", "A": "ACK", "B": "BYE", "C": "CANCEL", "R": "REGISTER", "M": "MESSAGE",
     "O": "OPTIONS", "S": "SUBSCRIBE", "P": "PUBLISH", "N": "NOTIFY", "U": "UPDATE",
-    "K": "KDMQ", "G": "GET", "T": "POST", "D": "DELETE", "F": "REFER", "E": "PRACK",
+    "K": "KDMQ", "G": "GET", "T": "POST", "V": "PUT", "D": "DELETE", "F": "REFER", "E": "PRACK",
 }
 
 
@@ -45,13 +48,15 @@ for _m in ("INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "SUBSCRIBE",
 
 @core.export(("str",), ret="bool")
 def is_method(ctx: MsgContext, name: str) -> bool:
-    """True if the method is ``name`` (case-sensitive, as SIP methods are)."""
-    return _method(ctx) == name
+    """True if the method is ``name``, or one of ``"INVITE|BYE|..."`` (compared
+    case-insensitively, as Kamailio does)."""
+    m = _method(ctx).upper()
+    return any(m == n.strip().upper() for n in name.split("|")) if name else False
 
 
 @core.export(("str",), ret="bool")
 def is_method_in(ctx: MsgContext, letters: str) -> bool:
-    """True if the method is one of the letters: I A B C R M O S P N U (K G T D F E)."""
+    """True if the method is one of the letters: I A B C R M O S P N U (K G T V D F E)."""
     m = _method(ctx)
     return any(_METHOD_LETTERS.get(c) == m for c in letters)
 
@@ -62,11 +67,12 @@ def is_method_in(ctx: MsgContext, letters: str) -> bool:
 def _uri_is_myself(ctx: MsgContext, text: str | None) -> bool:
     if not text:
         return False
+    if not text[:5].lower().startswith(("sip:", "sips:")):
+        # Kamailio's is_myself() takes anything else as a host name ("127.0.0.1")
+        return bool(ctx.core.is_myself(text.strip().strip("[]").lower(), None, ""))
     try:
         u = parse_uri_untrusted(text)
     except BadMessage:
-        return False
-    if not u.is_sip:
         return False
     return bool(ctx.core.is_myself(u.host_bare, u.port, u.transport or "udp"))
 
@@ -119,50 +125,57 @@ def is_myself_srcip(ctx: MsgContext) -> bool:
 # -- flags ---------------------------------------------------------------------
 
 
-def _flag(i: int) -> int:
+def _flag(fn: str, i: int) -> int:
+    """The bit of flag ``i``, or 0 (logged) when it is out of 0..31: Kamailio's
+    flag functions then return false instead of stopping the script."""
     if not 0 <= i <= 31:
-        raise ValueError(f"flag {i} out of range 0..31")
+        log.error("KSR.%s: invalid flag %d (0..31)", fn, i)
+        return 0
     return 1 << i
 
 
 @core.export(("int",), ret="bool")
 def setflag(ctx: MsgContext, flag: int) -> bool:
     """Set message flag ``flag`` (0..31)."""
-    ctx.flags |= _flag(flag)
-    return True
+    bit = _flag("setflag", flag)
+    ctx.flags |= bit
+    return bit != 0
 
 
 @core.export(("int",), ret="bool")
 def resetflag(ctx: MsgContext, flag: int) -> bool:
     """Reset message flag ``flag``."""
-    ctx.flags &= ~_flag(flag)
-    return True
+    bit = _flag("resetflag", flag)
+    ctx.flags &= ~bit
+    return bit != 0
 
 
 @core.export(("int",), ret="bool")
 def isflagset(ctx: MsgContext, flag: int) -> bool:
     """True if message flag ``flag`` is set."""
-    return bool(ctx.flags & _flag(flag))
+    return bool(ctx.flags & _flag("isflagset", flag))
 
 
 @core.export(("int",), ret="bool")
 def setbflag(ctx: MsgContext, flag: int) -> bool:
     """Set branch flag ``flag`` of branch 0."""
-    ctx.bflags |= _flag(flag)
-    return True
+    bit = _flag("setbflag", flag)
+    ctx.bflags |= bit
+    return bit != 0
 
 
 @core.export(("int",), ret="bool")
 def resetbflag(ctx: MsgContext, flag: int) -> bool:
     """Reset branch flag ``flag`` of branch 0."""
-    ctx.bflags &= ~_flag(flag)
-    return True
+    bit = _flag("resetbflag", flag)
+    ctx.bflags &= ~bit
+    return bit != 0
 
 
 @core.export(("int",), ret="bool")
 def isbflagset(ctx: MsgContext, flag: int) -> bool:
     """True if branch flag ``flag`` of branch 0 is set."""
-    return bool(ctx.bflags & _flag(flag))
+    return bool(ctx.bflags & _flag("isbflagset", flag))
 
 
 # -- R-URI and destination -------------------------------------------------------
@@ -272,11 +285,11 @@ _LOG_FN = (
     "tsip_log('{lvl}', i.short_src .. ':' .. (i.currentline or 0), msg) end end"
 )
 for _name, _lvl, _doc in (
-    ("dbg", "dbg", "debug"), ("info", "info", "info"), ("notice", "notice", "notice"),
-    ("warn", "warn", "warning"), ("err", "err", "error"), ("crit", "crit", "critical"),
+    ("dbg", "dbg", "DEBUG"), ("info", "info", "INFO"), ("notice", "notice", "NOTICE"),
+    ("warn", "warn", "WARNING"), ("err", "err", "ERROR"), ("crit", "crit", "CRITICAL"),
 ):
     core.lua_export(_name, _LOG_FN.format(lvl=_lvl), params=("str",),
-                    doc=f"Write a {_doc} log line with the script's file:line.")
+                    doc=f"Log a line at {_doc} level, prefixed with the script's file:line.")
 
 core.lua_export(
     "log",

@@ -26,11 +26,12 @@ def _q(text: str) -> int | None:
 
 @m.export(routes=_BRANCH_ROUTES)
 def append_branch(ctx: MsgContext) -> int:
-    """Add a branch with the current R-URI and $du (the destination set grows)."""
+    """Add a branch with the current R-URI, $du and branch flags (the destination set
+    grows)."""
     req = ctx.msg
     if not isinstance(req, SipRequest):
         return -1
-    ctx.branches.append(Branch(req.current_uri, req.dst_uri))
+    ctx.branches.append(Branch(req.current_uri, req.dst_uri, flags=ctx.bflags))
     return 1
 
 

@@ -35,11 +35,15 @@ def append(ctx: MsgContext, text: str) -> int:
 
 @m.export(("str", "str"))
 def append_after(ctx: MsgContext, text: str, name: str) -> int:
-    """Append a header after the first header named ``name``."""
+    """Append a header after the first header named ``name`` (after the last header
+    when there is none, as Kamailio does)."""
+    if not _line(text):
+        return -1
     for _i, h in ctx.msg.find(name):
         ctx.msg.insert_at(h.end, _line(text) + "\r\n")
         return 1
-    return -1
+    ctx.msg.append_header(_line(text))
+    return 1
 
 
 @m.export(("str",))
@@ -53,11 +57,15 @@ def insert(ctx: MsgContext, text: str) -> int:
 
 @m.export(("str", "str"))
 def insert_before(ctx: MsgContext, text: str, name: str) -> int:
-    """Insert a header before the first header named ``name``."""
+    """Insert a header before the first header named ``name`` (before the first
+    header when there is none, as Kamailio does)."""
+    if not _line(text):
+        return -1
     for i, _h in ctx.msg.find(name):
         ctx.msg.insert_header_before(i, _line(text))
         return 1
-    return -1
+    ctx.msg.insert_header_first(_line(text))
+    return 1
 
 
 @m.export(("str",))

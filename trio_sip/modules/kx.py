@@ -59,7 +59,7 @@ _getters["srcuri"] = lambda ctx: (
                            f";transport={ctx.transport.proto}")
 )
 _getters["rcvadvip"] = lambda ctx: ctx.core.advertised(ctx.transport)[0]
-_getters["rcvadvport"] = lambda ctx: str(ctx.core.advertised(ctx.transport)[1])
+_getters["rcvadvport"] = lambda ctx: ctx.core.advertised(ctx.transport)[1]  # a number
 _getters["msgbuf"] = lambda ctx: pv.get(ctx, "$mb")
 
 for _name, _g in _getters.items():

@@ -1,8 +1,10 @@
 """KSR.rr: Record-Route and loose routing (Kamailio ``rr`` module, RFC 3261 §16.4, §16.12).
 
-``record_route()`` asks for our Record-Route entry (``<sip:ADDR:PORT;lr>``,
+``record_route()`` asks for our Record-Route entry (``<sip:ADDR:PORT;lr;ftag=T>``,
 ``;transport=tcp`` on TCP); it is written when the request is sent, so
-``add_rr_param`` may be called before or after it. ``loose_route()`` consumes
+``add_rr_param`` may be called before or after it. The From tag is added as
+``ftag`` as Kamailio does by default (its ``append_fromtag`` param), so that
+``is_direction`` works on the requests of the dialog. ``loose_route()`` consumes
 the Route entries that name this server and sets the next hop: see
 ``proxy/stateless.py:loose_route`` for the rules.
 """
@@ -27,6 +29,11 @@ def record_route(ctx: MsgContext) -> int:
     """Add our Record-Route entry to the request when it is forwarded."""
     if not isinstance(ctx.msg, SipRequest):
         return -1
+    if not ctx.record_route:
+        tag = ctx.msg.from_tag
+        # Kamailio's order: ;lr;ftag=T, then the add_rr_param() params (before or after)
+        if tag and not re.search(r"(?i);ftag=", ctx.rr_params):
+            ctx.rr_params = f";ftag={tag}" + ctx.rr_params
     ctx.record_route = True
     return 1
 
@@ -92,13 +99,12 @@ def check_route_param(ctx: MsgContext, regex: str) -> int:
 
 @m.export(("str",), routes=RouteType.REQUEST)
 def is_direction(ctx: MsgContext, direction: str) -> int:
-    """With ;ftag in our Route entry: "downstream" if the From tag matches it, else
-    "upstream". 1 if the request goes in ``direction``."""
+    """1 if the request goes in ``direction`` ("downstream": from the caller, whose
+    From tag is the ;ftag of our Route entry; "upstream": from the callee). Without
+    ;ftag (or before loose_route) the request counts as downstream, as in Kamailio."""
     params = ctx.route_params or ""
-    match = re.search(r";ftag=([^;]*)", params)
-    if match is None:
-        return -1
-    down = match.group(1) == ctx.msg.from_tag
+    match = re.search(r"(?i);ftag=([^;]*)", params)
+    down = match is None or match.group(1) == ctx.msg.from_tag
     want_down = direction.lower() == "downstream"
     return 1 if down == want_down else -1
 

@@ -7,7 +7,10 @@ values. A failed check sends its reply (400, 416, 420, 505) and returns -1.
 Message checks (``mflags``): 1 R-URI SIP version, 2 R-URI scheme, 4 required
 headers, 8 Via SIP version, 32 CSeq method, 64 CSeq value, 128 Content-Length,
 256 Expires value, 512 Proxy-Require, 1024 URIs parse (which ones: ``uflags``
-1 R-URI, 2 From, 4 To, 8 Contact), 4096 duplicated To-tag. Default 3047.
+1 R-URI, 2 From, 4 To, 8 Contact), 4096 duplicated From/To tags. Default 3047.
+
+Checks 1, 8, 64 and 128 (and 32, also done here) are the parser's job: a request
+failing them is answered 400 or 505 before any route runs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ m = ModuleBuilder("sanity", "Message sanity checks.")
 
 DEFAULT_MSG_CHECKS = 3047
 DEFAULT_URI_CHECKS = 7
-_SCHEMES = ("sip", "sips", "tel")
+_SCHEMES = ("sip", "sips", "tel", "tels")
 _ROUTES = RouteType.REQUEST | RouteType.CORE_REPLY | RouteType.ONREPLY
 
 
@@ -77,8 +80,14 @@ def _check(ctx: MsgContext, mflags: int, uflags: int) -> int:
                     msg.contacts()
             except BadMessage as exc:
                 return _fail(ctx, 400, "Bad URI", exc.reason)
-        if mflags & 4096 and len(msg.get_all("to")) > 1:
-            return _fail(ctx, 400, "Duplicated To header", "duplicated To")
+        if mflags & 4096:
+            try:
+                for which, na in (("From", msg.from_), ("To", msg.to)):
+                    if sum(1 for k, _ in na.params if k.lower() == "tag") > 1:
+                        return _fail(ctx, 400, f"Many {which} Tag Params",
+                                     f"duplicated {which} tag")
+            except BadMessage as exc:
+                return _fail(ctx, 400, "Bad URI", exc.reason)
     return 1
 
 

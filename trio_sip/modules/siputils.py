@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from ..script.context import MsgContext
@@ -9,6 +10,8 @@ from ..script.exports import REQUEST_ROUTES, ModuleBuilder
 from ..sip.errors import BadMessage
 from ..sip.message import SipRequest
 from ..sip.uri import parse_uri_untrusted
+
+log = logging.getLogger("trio_sip.script")
 
 m = ModuleBuilder("siputils", "SIP helpers: To-tag, request/reply, URI parameters.")
 
@@ -53,34 +56,44 @@ def is_uri(ctx: MsgContext, text: str) -> int:
 
 @m.export(("str",))
 def is_numeric(ctx: MsgContext, text: str) -> int:
-    """1 if the text is made of digits only."""
-    return _b(bool(text) and text.isascii() and text.isdigit())
+    """1 if the text is made of digits only, else -2."""
+    return 1 if re.fullmatch(r"[0-9]+", text) else -2
 
 
 @m.export(("str",))
 def is_tel_number(ctx: MsgContext, text: str) -> int:
-    """1 if the text is a telephone number: an optional '+' then digits."""
-    return _b(re.fullmatch(r"\+?[0-9]+", text) is not None)
+    """1 if the text is a telephone number: digits, or '+' then digits not starting
+    with 0; else -2."""
+    return 1 if re.fullmatch(r"\+[1-9][0-9]*|[0-9]+", text) else -2
 
 
 @m.export(("str",))
 def is_alphanum(ctx: MsgContext, text: str) -> int:
-    """1 if the text is made of ASCII letters and digits only."""
-    return _b(bool(text) and text.isascii() and text.isalnum())
+    """1 if the text is made of ASCII letters and digits only; -2 if it is empty,
+    -3 if it has another character."""
+    if not text:
+        return -2
+    return 1 if re.fullmatch(r"[0-9A-Za-z]+", text) else -3
 
 
 @m.export(("str",), routes=REQUEST_ROUTES)
 def is_user(ctx: MsgContext, user: str) -> int:
-    """1 if the user part of the (current) R-URI is ``user``."""
-    req = ctx.msg
-    return _b(isinstance(req, SipRequest) and req.ruri.user == user)
+    """1 if ``user`` is the user name of the credentials authorized earlier (Kamailio
+    semantics: not the R-URI user). No auth module is loaded yet, so there are never
+    authorized credentials: -1, with an error as in Kamailio."""
+    log.error("KSR.siputils.is_user: no authorized credentials found "
+              "(call an authorize function first)")
+    return -1
 
 
 @m.export(("str",), routes=REQUEST_ROUTES)
 def uri_param(ctx: MsgContext, name: str) -> int:
-    """1 if the R-URI has the parameter ``name``."""
+    """1 if the R-URI has the parameter ``name`` *without a value* (";lr"), as in
+    Kamailio; use uri_param_value for one with a value. The name is case-sensitive."""
     req = ctx.msg
-    return _b(isinstance(req, SipRequest) and req.ruri.has_param(name))
+    if not isinstance(req, SipRequest):
+        return -1
+    return _b(any(k == name and v is None for k, v in req.ruri.params))
 
 
 @m.export(("str", "str"), routes=REQUEST_ROUTES)
@@ -131,7 +144,9 @@ def cmp_aor(ctx: MsgContext, a: str, b: str) -> int:
         ua, ub = parse_uri_untrusted(a), parse_uri_untrusted(b)
     except BadMessage:
         return -1
-    return _b(ua.user == ub.user and ua.host_bare == ub.host_bare and ua.port == ub.port)
+    # Kamailio: a missing port is 5060 (whatever the scheme), parameters do not count
+    return _b(ua.user == ub.user and ua.host_bare == ub.host_bare
+              and (ua.port or 5060) == (ub.port or 5060))
 
 
 @m.export(routes=REQUEST_ROUTES)
@@ -144,7 +159,7 @@ def options_reply(ctx: MsgContext) -> int:
         ctx, 200, "OK",
         ("Allow: INVITE, ACK, CANCEL, OPTIONS, BYE, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, "
          "REFER, INFO, UPDATE, PRACK", "Accept: */*", "Accept-Encoding: identity",
-         "Accept-Language: en", "Supported: path, outbound"),
+         "Accept-Language: en"),
     )
     return 1 if ok else -1
 

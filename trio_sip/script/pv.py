@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..sip.errors import BadMessage
+from ..sip.headers import parse_name_addr_list_untrusted
 from ..sip.message import SipRequest, SipResponse
 from ..sip.uri import URI, parse_uri_untrusted
 from .context import MsgContext
@@ -194,7 +195,12 @@ def _avp_get(ctx: MsgContext, name: str) -> Any:
 def _avp_set(ctx: MsgContext, name: str, value: Any) -> None:
     key = "\0avp:" + name
     if value is None:
-        ctx.vars.pop(key, None)  # $avp(x) = $null deletes every value
+        # Kamailio: $avp(x) = $null (KSR.pv.unset) deletes the newest value only
+        stack = ctx.vars.get(key)
+        if stack:
+            stack.pop()
+            if not stack:
+                del ctx.vars[key]
     else:
         ctx.vars.setdefault(key, []).append(value)
 
@@ -249,8 +255,23 @@ def _na_part(which: str, part: str) -> Getter:
         if part == "tag":
             return na.tag
         if part == "display":
-            return na.display_unquoted or None
+            return na.display or None  # as written, quotes kept (Kamailio's $fn)
         return _uri_part(na.uri, part)
+
+    return getter
+
+
+def _hdr_uri(name: str) -> Getter:
+    """The URI of the first entry of a name-addr header ($ai, $di, $rt), as Kamailio
+    gives it (without display name and parameters)."""
+
+    def getter(ctx: MsgContext, _arg: str) -> Any:
+        value = ctx.msg.get(name)
+        if value is None:
+            return None
+        entries = parse_name_addr_list_untrusted(value)
+        uri = entries[0].uri if entries else None
+        return str(uri) if uri is not None else None
 
     return getter
 
@@ -289,9 +310,9 @@ def _register_core() -> None:
     r("cl", lambda c, _: len(c.msg.body))
     r("cT", lambda c, _: c.msg.get("content-type"))
     r("ct", lambda c, _: c.msg.get("contact"))
-    r("ai", lambda c, _: c.msg.get("p-asserted-identity"))
-    r("di", lambda c, _: c.msg.get("diversion"))
-    r("rt", lambda c, _: c.msg.get("refer-to"))
+    r("ai", _hdr_uri("p-asserted-identity"))
+    r("di", _hdr_uri("diversion"))
+    r("rt", _hdr_uri("refer-to"))
     r("hdr", _hdr, needs_arg=True)
     r("hdrc", _hdrc, needs_arg=True)
     r("var", _var_get, _var_set, needs_arg=True)

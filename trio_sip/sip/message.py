@@ -297,7 +297,7 @@ class SipMessage:
             for k, (s, e, _, _) in enumerate(edits):
                 if e != s:
                     last[(s, e)] = k
-            edits = [ed for k, ed in enumerate(edits) if ed[0] == ed[1] or last[(ed[0], ed[1])] == k]
+            edits = [ed for k, ed in enumerate(edits) if ed[0] == ed[1] or last[ed[:2]] == k]
         if not edits:
             if len(raw) == self.body_start + len(self.body):
                 return raw

@@ -69,8 +69,11 @@ def parse_message_untrusted(
     if hend < 0:
         if data.endswith(b"\r\n") and len(data) > offset + 2:
             # A header section that the datagram ends without the empty line: accept it as
-            # headers with no body (RFC 4475 "baddn" as archived is such a message).
-            hend = len(data) - 2
+            # headers with no body (RFC 4475 "baddn" as archived is such a message). The
+            # missing empty line is added to the kept bytes, so what we forward is well
+            # formed and appended headers or a body land after the last header, not in it.
+            data += b"\r\n"
+            hend = len(data) - 4
             body_start = len(data)
         else:
             raise BadMessage("no end of header section")

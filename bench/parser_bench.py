@@ -1,0 +1,111 @@
+"""Parser throughput: messages/s for a typical INVITE and a 200 OK (with SDP).
+
+    python bench/parser_bench.py [--seconds 2] [--repeat 5]
+
+Prints the median of the repeats (the machines are shared and noisy) and the
+Python version. "parse" is parse_message_untrusted alone (start line, header
+index, top Via, CSeq, Call-ID, From/To, Content-Length); "parse+all" also parses
+every Via, Contact and Route as a proxy handling the message would; "forward"
+adds a Via and serialises with the edits spliced in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trio_sip.sip.parser import parse_message_untrusted  # noqa: E402
+
+SDP = (
+    b"v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+    b"t=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\n"
+    b"a=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+)
+
+INVITE = (
+    b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=z9hG4bK776asdhds;rport\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"To: Bob <sip:bob@biloxi.example.com>\r\n"
+    b"From: Alice <sip:alice@atlanta.example.com>;tag=1928301774\r\n"
+    b"Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n"
+    b"CSeq: 314159 INVITE\r\n"
+    b"Contact: <sip:alice@pc33.atlanta.example.com>\r\n"
+    b"User-Agent: bench/1.0\r\n"
+    b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"Content-Length: " + str(len(SDP)).encode() + b"\r\n\r\n" + SDP
+)
+
+OK = (
+    b"SIP/2.0 200 OK\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKsl0123456789abcdef0123\r\n"
+    b"Via: SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=z9hG4bK776asdhds;"
+    b"received=192.0.2.1;rport=5060\r\n"
+    b"Record-Route: <sip:127.0.0.1:5060;lr>\r\n"
+    b"To: Bob <sip:bob@biloxi.example.com>;tag=a6c85cf\r\n"
+    b"From: Alice <sip:alice@atlanta.example.com>;tag=1928301774\r\n"
+    b"Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n"
+    b"CSeq: 314159 INVITE\r\n"
+    b"Contact: <sip:bob@192.0.2.4>\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"Content-Length: " + str(len(SDP)).encode() + b"\r\n\r\n" + SDP
+)
+
+
+def parse_only(data: bytes) -> None:
+    parse_message_untrusted(data)
+
+
+def parse_all(data: bytes) -> None:
+    m = parse_message_untrusted(data)
+    _ = m.vias
+    m.contacts()
+    m.routes("record-route")
+
+
+def forward(data: bytes) -> None:
+    m = parse_message_untrusted(data)
+    pos = m.headers[0].start
+    via = b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKsl0000;rport\r\n"
+    m.to_bytes([(pos, pos, via, -1)])
+
+
+def rate(fn: Callable[[bytes], None], data: bytes, seconds: float) -> float:
+    n = 0
+    batch = 200
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(batch):
+            fn(data)
+        n += batch
+        now = time.perf_counter()
+        if now >= deadline:
+            return n / (now - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    print(f"Python {platform.python_version()} ({platform.python_implementation()}) "
+          f"on {platform.machine()}; median of {args.repeat} x {args.seconds:g} s")
+    print(f"{'message':<10} {'case':<10} {'msg/s':>10} {'us/msg':>8}")
+    for name, data in (("INVITE", INVITE), ("200 OK", OK)):
+        for case, fn in (("parse", parse_only), ("parse+all", parse_all), ("forward", forward)):
+            rates = [rate(fn, data, args.seconds) for _ in range(args.repeat)]
+            med = statistics.median(rates)
+            print(f"{name:<10} {case:<10} {med:>10,.0f} {1e6 / med:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
