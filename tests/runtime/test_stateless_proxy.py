@@ -52,7 +52,8 @@ async def test_invite_relayed_with_via_record_route_and_max_forwards(autojump_cl
         assert vias[0].branch and vias[0].branch.startswith("z9hG4bK")
         # RFC 3581 §4: with rport, received is added even when it equals sent-by
         assert vias[1].received == "127.0.0.2" and vias[1].rport == "5060"
-        assert inv.get("Record-Route") == "<sip:127.0.0.1:5060;lr>"
+        # rr append_fromtag is on by default, as in Kamailio
+        assert inv.get("Record-Route") == "<sip:127.0.0.1:5060;lr;ftag=ft1>"
         assert inv.get("Max-Forwards") == "69"
         assert inv.body == b"v=0\r\n"
         # The headers above our Via are untouched bytes of the original.
@@ -62,7 +63,7 @@ async def test_invite_relayed_with_via_record_route_and_max_forwards(autojump_cl
         ringing = await uac.expect_response(180)
         ok = await uac.expect_response(200)
         assert len(ok.vias) == 1 and ok.via1 is not None and ok.via1.host == "127.0.0.2"
-        assert ringing.get("Record-Route") == "<sip:127.0.0.1:5060;lr>"
+        assert ringing.get("Record-Route") == "<sip:127.0.0.1:5060;lr;ftag=ft1>"
         nursery.cancel_scope.cancel()
 
 
