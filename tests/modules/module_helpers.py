@@ -9,7 +9,7 @@ are on bytes that reached a SimUA.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,6 +149,3 @@ class Direct:
         step = self.run(ctx, f"return {expr}")
         assert step.done, step.traceback or step.value
         return step.value
-
-
-Pred = Callable[[Any], bool]

@@ -56,9 +56,10 @@ def is_method(ctx: MsgContext, name: str) -> bool:
 
 @core.export(("str",), ret="bool")
 def is_method_in(ctx: MsgContext, letters: str) -> bool:
-    """True if the method is one of the letters: I A B C R M O S P N U (K G T V D F E)."""
+    """True if the method is one of the letters: I A B C R M O S P N U (K G T V D F E);
+    lower case letters too, as in Kamailio."""
     m = _method(ctx)
-    return any(_METHOD_LETTERS.get(c) == m for c in letters)
+    return any(_METHOD_LETTERS.get(c.upper()) == m for c in letters)
 
 
 # -- myself --------------------------------------------------------------------
@@ -74,7 +75,7 @@ def _uri_is_myself(ctx: MsgContext, text: str | None) -> bool:
         u = parse_uri_untrusted(text)
     except BadMessage:
         return False
-    return bool(ctx.core.is_myself(u.host_bare, u.port, u.transport or "udp"))
+    return bool(ctx.core.is_myself(u.host_bare, u.port, u.transport))
 
 
 @core.export(("str",), ret="bool")
@@ -262,7 +263,7 @@ def forward_uri(ctx: MsgContext, uri: str) -> int:
 @core.export(ret="bool")
 def force_rport(ctx: MsgContext) -> bool:
     """Answer to the source port even if the top Via has no rport (RFC 3581)."""
-    ctx.force_rport = True
+    ctx.core.set_force_rport(ctx)
     return True
 
 

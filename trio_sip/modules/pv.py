@@ -53,7 +53,7 @@ def geti(ctx: MsgContext, name: str) -> int:
     if isinstance(v, int):
         return v
     try:
-        return int(v)  # type: ignore[arg-type]
+        return int(v)
     except (TypeError, ValueError):
         return 0
 

@@ -185,7 +185,7 @@ def loose_route(req: SipRequest, is_myself: IsMyself) -> LooseRouteResult:
     routes = req.routes("route")
     result = LooseRouteResult(-1, [], [])
     ruri = req.ruri
-    if ruri.is_sip and is_myself(ruri.host_bare, ruri.port, ruri.transport or "udp") and routes:
+    if ruri.is_sip and is_myself(ruri.host_bare, ruri.port, ruri.transport) and routes:
         # A strict router upstream put our Record-Route URI in the R-URI.
         last = routes[-1]
         result.new_ruri = str(last[1].uri)
@@ -199,7 +199,7 @@ def loose_route(req: SipRequest, is_myself: IsMyself) -> LooseRouteResult:
     while i < len(routes) and i < 2:
         idx, na = routes[i]
         u = na.uri
-        if u is not None and u.is_sip and is_myself(u.host_bare, u.port, u.transport or "udp"):
+        if u is not None and u.is_sip and is_myself(u.host_bare, u.port, u.transport):
             consumed.append((idx, na))
             if result.consumed_params is None:
                 result.consumed_params = "".join(

@@ -102,9 +102,20 @@ class ProxyCore:
             return host, port
         return transport.local.host, transport.local.port
 
+    def set_force_rport(self, ctx: MsgContext) -> None:
+        """force_rport(): reply to the source port, and say so in the top Via (RFC 3581)."""
+        ctx.force_rport = True
+        req = ctx.msg
+        if isinstance(req, SipRequest):
+            req.top_via_edit = via_received_edit(req, ctx.source.host, ctx.source.port,
+                                                 force_rport=True)
+
     def is_myself(self, host: str, port: int | None, proto: str = "") -> bool:
         """Kamailio's ``check_self``: the host is one of our addresses or aliases and
-        the port (default 5060, 5061 for TLS) one we listen on."""
+        the port (default 5060, 5061 for TLS) one we listen on; with ``proto`` (a URI's
+        transport parameter) also a transport we listen on. "" means any transport."""
+        if proto and proto.lower() not in self.transports:
+            return False
         h = host.strip("[]").lower()
         ours = h in self._aliases
         ports = set()
@@ -175,10 +186,7 @@ class ProxyCore:
     async def handle_request(self, req: SipRequest, source: Address, transport: Transport,
                              conn_id: int | None) -> None:
         ctx = MsgContext(req, source, transport, conn_id, RouteType.REQUEST, self)
-        edit = via_received_edit(req, source.host, source.port)
-        if edit is not None:
-            req.replace_span(*edit)
-            ctx.via_edit = edit
+        req.top_via_edit = via_received_edit(req, source.host, source.port)
         fn = self.engine.function(self.request_route)
         if fn is None:
             log.error("no %s() in the routes: request dropped", self.request_route)
@@ -243,7 +251,7 @@ class ProxyCore:
         if req.method == "ACK":
             log.warning("refusing to reply to an ACK")
             return False
-        data = build_reply(req, code, reason or reason_phrase(code), via_edit=ctx.via_edit,
+        data = build_reply(req, code, reason or reason_phrase(code), via_edit=req.top_via_edit,
                            headers=[*ctx.reply_headers, *headers], body=body,
                            server=self.config.core.server_header)
         if ctx.transport.reliable:

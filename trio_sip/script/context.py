@@ -77,8 +77,6 @@ class MsgContext:
     last_error: int = 0
     #: headers added with KSR.hdr.append_to_reply(), used by the next local reply
     reply_headers: list[str] = field(default_factory=list)
-    #: the received/rport edit recorded on the top Via (start, end, text), reused in replies
-    via_edit: tuple[int, int, str] | None = None
     #: messages the route asked to send, flushed by the runtime after each route step:
     #: (proto, destination, bytes, connection id or None)
     outbox: list[tuple[str, Address, bytes, int | None]] = field(default_factory=list)

@@ -153,10 +153,14 @@ class ScriptEngine:
         lupa_mod = importlib.import_module(ENGINES[engine])
         # latin-1 both ways: SIP text is handled as latin-1 str in Python (offsets equal
         # byte offsets), so any octet crosses into Lua and back unchanged.
+        # Scripts get KSR and nothing of Python: no `python` module, and no walking from an
+        # export to its __globals__ (the attribute filter refuses every "_" name).
         self.lua = lupa_mod.LuaRuntime(
             encoding="latin-1", unpack_returned_tuples=True, register_eval=False,
-            register_builtins=False,
+            register_builtins=False, attribute_filter=_no_private_attributes,
         )
+        self.lua.execute("python = nil")
+        self._lua_type: Callable[[Any], str | None] = lupa_mod.lua_type
         self.engine_name = engine
         self.implementation: str = self.lua.lua_implementation
         self.modules = {m.name: m for m in modules}
@@ -300,6 +304,12 @@ class ScriptEngine:
         return int(self._pending())
 
 
+def _no_private_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
+    if isinstance(name, str) and name.startswith("_"):
+        raise AttributeError(f"access to {name!r} is not allowed from Lua")
+    return name
+
+
 def _pair(res: Any) -> tuple[Any, Any]:
     if isinstance(res, tuple):
         return res[0], res[1] if len(res) > 1 else None
@@ -333,8 +343,6 @@ def _to_int(qual: str, i: int, v: Any) -> int:
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)
-    if isinstance(v, bool):
-        return int(v)
     if isinstance(v, (str, bytes)):
         try:
             return int(v)
@@ -366,7 +374,8 @@ def _lua_type(v: Any) -> str:
         return "number"
     if isinstance(v, str):
         return "string"
-    return type(v).__name__
+    name = type(v).__name__  # lupa's wrappers: _LuaTable, _LuaFunction, _LuaThread
+    return name.removeprefix("_Lua").lower() if name.startswith("_Lua") else name
 
 
 def _make_wrapper(engine: ScriptEngine, qual: str, export: Export) -> Callable[..., Any]:
@@ -396,10 +405,18 @@ def _make_wrapper(engine: ScriptEngine, qual: str, export: Export) -> Callable[.
             want = str(nparams) if required == nparams else f"{required}..{nparams}"
             raise ScriptError(f"{qual}: expects {want} argument(s), got {n}")
         if nparams:
-            args = tuple(
-                c(qual, i, a) if (c := convs[i]) is not None and a is not None else a
-                for i, a in enumerate(args)
-            )
+            conv: list[Any] = []
+            for i, a in enumerate(args):
+                if a is None:
+                    if i < required:
+                        raise ScriptError(f"{qual}: argument {i + 1} must be "
+                                          f"{'an integer' if params[i] == 'int' else 'a string'}"
+                                          ", got nil")
+                    conv.append(a)
+                    continue
+                c = convs[i]
+                conv.append(c(qual, i, a) if c is not None else a)
+            args = tuple(conv)
         result = func(ctx, *args)
         if bool_ret and not isinstance(result, bool):
             return result is not None and result > 0  # KEMI: >0 is true

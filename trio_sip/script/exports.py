@@ -21,9 +21,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 ParamType = Literal["int", "str", "any", "func"]
+F = TypeVar("F", bound=Callable[..., Any])
 RetType = Literal["int", "bool", "xval", "str", "none"]
 
 
@@ -131,8 +132,8 @@ class ModuleBuilder:
         min_args: int | None = None,
         name: str | None = None,
         is_async: bool = False,
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def deco(func: Callable[..., Any]) -> Callable[..., Any]:
+    ) -> Callable[[F], F]:
+        def deco(func: F) -> F:
             doc = (func.__doc__ or "").strip()
             self._exports.append(
                 Export(name or func.__name__, func, params, min_args, ret, routes, is_async,

@@ -53,10 +53,19 @@ _WS: Final = " \t"
 _QUOTED_PAIR_RE: Final = re.compile(r"\\(.)", re.DOTALL)
 
 
+_KEYS: dict[str, str] = {}
+
+
 def header_key(name: str) -> str:
-    """The lookup key of a header name: lower-case, compact forms expanded."""
-    low = name.lower()
-    return COMPACT_FORMS.get(low, low)
+    """The lookup key of a header name: lower-case, compact forms expanded (cached:
+    the same few spellings arrive in every message)."""
+    key = _KEYS.get(name)
+    if key is None:
+        low = name.lower()
+        key = COMPACT_FORMS.get(low, low)
+        if len(_KEYS) < 1024:
+            _KEYS[name] = key
+    return key
 
 
 def canonical_name(key: str) -> str:
@@ -67,8 +76,13 @@ def canonical_name(key: str) -> str:
     return "-".join(part[:1].upper() + part[1:] for part in key.split("-"))
 
 
+_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+# A token display name: tokens separated by LWS, up to the "<" (RFC 3261 §25.1 display-name).
+_TOKEN_WORDS_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]+)*[ \t]*")
+
+
 def is_token(text: str) -> bool:
-    return bool(text) and all(c in TOKEN_CHARS for c in text)
+    return _TOKEN_RE.fullmatch(text) is not None
 
 
 def split_commas(value: str) -> list[tuple[int, int]]:
@@ -78,10 +92,22 @@ def split_commas(value: str) -> list[tuple[int, int]]:
     surrounding white space (callers skip it), and empty elements are kept so
     the caller can reject them where the grammar forbids them.
     """
-    spans: list[tuple[int, int]] = []
+    n = len(value)
+    if "," not in value:
+        return [(0, n)]
+    if '"' not in value and "<" not in value:
+        spans: list[tuple[int, int]] = []
+        start = 0
+        comma = value.find(",")
+        while comma >= 0:
+            spans.append((start, comma))
+            start = comma + 1
+            comma = value.find(",", start)
+        spans.append((start, n))
+        return spans
+    spans = []
     start = 0
     i = 0
-    n = len(value)
     in_quote = False
     in_angle = False
     while i < n:
@@ -123,38 +149,38 @@ def parse_params_untrusted(
     (so a Via's ``rport`` flag can be replaced by ``rport=PORT`` in place).
     """
     params: list[tuple[str, str | None]] = []
+    match = _PARAM_RE.match
     while True:
-        i = _skip_ws(text, i, end)
-        if i >= end or text[i] != ";":
-            return params, i
-        semi = i
-        i = _skip_ws(text, i + 1, end)
-        j = i
-        while j < end and text[j] in TOKEN_CHARS:
-            j += 1
-        if j == i:
-            raise BadMessage("empty header parameter")
-        name = text[i:j]
-        i = _skip_ws(text, j, end)
-        value: str | None = None
-        if i < end and text[i] == "=":
-            i = _skip_ws(text, i + 1, end)
-            if i < end and text[i] == '"':
-                j = _end_of_quoted(text, i, end)
-                value = text[i:j]
-                i = j
-            else:
-                j = i
-                # token or host (host includes IPv6 references with brackets and ':')
-                while j < end and (text[j] in TOKEN_CHARS or text[j] in "[]:"):
+        m = match(text, i, end)
+        if m is None:
+            # not a well-formed ";param": find out why, for the error message
+            k = _skip_ws(text, i, end)
+            if k < end and text[k] == ";":
+                k = _skip_ws(text, k + 1, end)
+                if k >= end or text[k] not in TOKEN_CHARS:
+                    raise BadMessage("empty header parameter")
+                j = k
+                while j < end and text[j] in TOKEN_CHARS:
                     j += 1
-                if j == i:
-                    raise BadMessage(f"empty value for header parameter {name!r}")
-                value = text[i:j]
-                i = j
-        params.append((name, value))
+                j = _skip_ws(text, j, end)
+                if j < end and text[j] == "=":
+                    j = _skip_ws(text, j + 1, end)
+                    if j < end and text[j] == '"':
+                        _end_of_quoted(text, j, end)  # raises for an unterminated quote
+                    raise BadMessage(f"empty value for header parameter {text[k:j].strip()!r}")
+            return params, k
+        params.append((m.group(1), m.group(2)))
         if spans is not None:
-            spans.append((semi, i))
+            spans.append((m.start(0) + m.group(0).index(";"), m.end(0)))
+        i = m.end(0)
+
+
+# One ";name[=value]" with LWS allowed around ";" and "=" (SEMI, EQUAL); the value is a
+# token, a host (IPv6 references with "[]:" included) or a quoted string.
+_PARAM_RE: Final = re.compile(
+    r"[ \t]*;[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)"
+    r"(?:[ \t]*=[ \t]*(\"(?:[^\"\\]|\\.)*\"|[A-Za-z0-9\-.!%*_+`'~\[\]:]+)|(?![ \t]*=))"
+)
 
 
 def _end_of_quoted(text: str, i: int, end: int) -> int:
@@ -253,8 +279,7 @@ def parse_name_addr_untrusted(text: str, start: int = 0, end: int | None = None)
         if lt >= 0 and text.find(":", i, lt) >= 0:
             lt = -1
         if lt >= 0:
-            words = text[i:lt].split()
-            if not words or not all(is_token(w) for w in words):
+            if _TOKEN_WORDS_RE.fullmatch(text, i, lt) is None:
                 raise BadMessage(f"bad display name: {text[i:lt][:60]!r}")
             display = text[i:lt].rstrip(_WS)
             i = lt
@@ -365,40 +390,25 @@ def parse_via_list_untrusted(value: str) -> list[Via]:
     return vias
 
 
+# sent-protocol LWS sent-by: "SIP / 2.0 / UDP host:port" (SLASH allows LWS around "/").
+_VIA_HEAD_RE: Final = re.compile(
+    r"[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*"
+    r"([A-Za-z0-9\-.!%*_+`'~]++)[ \t]*(\[[^\]]*\][^; \t]*|[^; \t\[]+)"
+)
+
+
 def _parse_via_untrusted(text: str, s: int, e: int) -> Via:
-    i = _skip_ws(text, s, e)
-    if i == e:
-        raise BadMessage("empty Via value")
-    fields: list[str] = []
-    for k in range(3):
-        i = _skip_ws(text, i, e)
-        j = i
-        while j < e and text[j] in TOKEN_CHARS:
-            j += 1
-        if j == i:
-            raise BadMessage("bad Via sent-protocol")
-        fields.append(text[i:j])
-        i = _skip_ws(text, j, e)
-        if k < 2:
-            if i >= e or text[i] != "/":
-                raise BadMessage("bad Via sent-protocol")
-            i += 1
-    name, version, transport = fields
+    m = _VIA_HEAD_RE.match(text, s, e)
+    if m is None:
+        if _skip_ws(text, s, e) == e:
+            raise BadMessage("empty Via value")
+        raise BadMessage(f"bad Via: {text[s:e].strip()[:60]!r}")
+    name, version, transport = m.group(1, 2, 3)
     if name.upper() != "SIP":
         raise BadMessage(f"bad Via protocol name {name!r}")
     if version != "2.0":
         raise BadMessage(f"Via names SIP version {version!r}", status=505)
-    i = _skip_ws(text, i, e)
-    j = i
-    if j < e and text[j] == "[":
-        close = text.find("]", j, e)
-        if close < 0:
-            raise BadMessage("unterminated IPv6 reference in Via")
-        j = close + 1
-    while j < e and text[j] not in ";" + _WS:
-        j += 1
-    if j == i:
-        raise BadMessage("Via without sent-by")
+    i, j = m.span(4)
     host, port = parse_hostport_untrusted(text[i:j])
     spans: list[tuple[int, int]] = []
     params, k = parse_params_untrusted(text, j, e, spans)

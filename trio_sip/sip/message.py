@@ -317,6 +317,7 @@ class SipMessage:
 
 class SipRequest(SipMessage):
     __slots__ = ("_ruri", "dst_uri", "method", "new_uri", "ruri_end", "ruri_start", "ruri_text",
+                 "top_via_edit",
                  "version")
 
     is_request = True
@@ -335,6 +336,10 @@ class SipRequest(SipMessage):
         self.new_uri: str | None = None
         #: the destination URI ($du): where to send, if not to the R-URI
         self.dst_uri: str | None = None
+        #: the received/rport change of the top Via (start, end, text), kept apart from the
+        #: other edits so force_rport() can recompute it; replies built from this request
+        #: copy the same change
+        self.top_via_edit: tuple[int, int, str] | None = None
 
     @property
     def ruri(self) -> URI:
@@ -350,9 +355,13 @@ class SipRequest(SipMessage):
         return self.new_uri if self.new_uri is not None else self.ruri_text
 
     def start_line_edits(self) -> list[tuple[int, int, bytes, int]]:
-        if self.new_uri is None or self.new_uri == self.ruri_text:
-            return []
-        return [(self.ruri_start, self.ruri_end, self.new_uri.encode("latin-1"), -1)]
+        out: list[tuple[int, int, bytes, int]] = []
+        if self.new_uri is not None and self.new_uri != self.ruri_text:
+            out.append((self.ruri_start, self.ruri_end, self.new_uri.encode("latin-1"), -1))
+        if self.top_via_edit is not None:
+            s, e, t = self.top_via_edit
+            out.append((s, e, t.encode("latin-1"), -2))
+        return out
 
     def __repr__(self) -> str:
         return f"<SipRequest {self.method} {self.current_uri} call-id={self.call_id!r}>"

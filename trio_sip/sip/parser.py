@@ -24,7 +24,6 @@ from typing import Final
 from .errors import BadMessage, MessageTooLarge
 from .headers import (
     SINGLE_HEADERS,
-    TOKEN_CHARS,
     header_key,
     is_token,
     parse_cseq_untrusted,
@@ -36,9 +35,12 @@ from .message import Header, SipMessage, SipRequest, SipResponse
 from .uri import parse_uri_untrusted
 
 _WS: Final = " \t"
+_FOLD: Final = (" ", "\t")  # a line starting with one of these continues the previous one
+# field-name = token, then optional white space and the colon (RFC 3261 §7.3.1)
+_HEADER_NAME_RE: Final = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:")
 # callid = word [ "@" word ] (RFC 3261 §25.1); word allows <>"[]{}?: and more, but not
 # white space, "," or ";" (RFC 4475 "intmeth" uses nearly every legal character).
-_CALL_ID_FORBIDDEN: Final = frozenset(" \t,;")
+_CALL_ID_FORBIDDEN: Final = re.compile(r"[ \t,;]")
 
 DEFAULT_MAX_SIZE: Final = 65535
 
@@ -113,29 +115,41 @@ def parse_message_untrusted(
 
 def _split_headers_untrusted(text: str, pos: int) -> list[Header]:
     headers: list[Header] = []
-    n = len(text)
-    while pos < n:
-        eol = text.find("\r\n", pos)
-        if eol < 0:
-            eol = n
-        # folded continuation lines: CRLF followed by SP/HT
-        while eol + 2 < n and text[eol + 2] in _WS:
-            nxt = text.find("\r\n", eol + 2)
-            eol = n if nxt < 0 else nxt
-        colon = text.find(":", pos, eol)
-        if colon < 0:
-            raise BadMessage(f"header line without a colon: {text[pos:eol][:60]!r}")
-        name = text[pos:colon].rstrip(_WS)
-        if not name or any(c not in TOKEN_CHARS for c in name):
-            raise BadMessage(f"bad header name: {name[:60]!r}")
-        raw_value = text[colon + 1 : eol]
-        if "\r\n" in raw_value:
+    append = headers.append
+    name_match = _HEADER_NAME_RE.match
+    lines = text[pos:].split("\r\n")
+    n = len(lines)
+    i = 0
+    cur = pos
+    while i < n:
+        line = lines[i]
+        start = cur
+        cur += len(line) + 2
+        i += 1
+        folded = False
+        if i < n and lines[i][:1] in _FOLD:
+            # folded continuation lines: CRLF followed by SP/HT
+            parts = [line]
+            while i < n and lines[i][:1] in _FOLD:
+                parts.append(lines[i])
+                cur += len(lines[i]) + 2
+                i += 1
+            line = "\r\n".join(parts)
+            folded = True
+        m = name_match(line)
+        if m is None:
+            colon = line.find(":")
+            if colon < 0:
+                raise BadMessage(f"header line without a colon: {line[:60]!r}")
+            raise BadMessage(f"bad header name: {line[:colon].rstrip(_WS)[:60]!r}")
+        name = m.group(1)
+        value_at = m.end()
+        raw_value = line[value_at:]
+        if folded:
             raw_value = raw_value.replace("\r\n", "  ")  # length-preserving unfold
         # Every line ends with a CRLF in the raw bytes, the last one too (it lies just past
         # ``text``, which stops at the CRLF that ends the last header line).
-        line_end = eol + 2
-        headers.append(Header(name, header_key(name), raw_value, pos, line_end, colon + 1))
-        pos = line_end
+        append(Header(name, header_key(name), raw_value, start, cur, start + value_at))
     return headers
 
 
@@ -198,7 +212,7 @@ def _fill_and_check(msg: SipMessage, data: bytes, body_start: int, stream: bool)
     if call_id_h is None:
         raise BadMessage("missing Call-ID header")
     call_id = call_id_h.value.strip(_WS)
-    if not call_id or any(c in _CALL_ID_FORBIDDEN for c in call_id):
+    if not call_id or _CALL_ID_FORBIDDEN.search(call_id) is not None:
         raise BadMessage(f"bad Call-ID: {call_id[:60]!r}")
     msg.call_id = call_id
 

@@ -28,6 +28,8 @@ _HEX: Final = "0123456789abcdefABCDEF"
 _HOSTNAME_RE: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]*[A-Za-z0-9_.])?\Z")
 _IPV6_RE: Final = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z")
 _SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
+# white space, controls, and the delimiters that can never be inside a URI
+_ILLEGAL_RE: Final = re.compile(r'[\x00-\x20<>"]')
 
 
 def unescape(text: str) -> str:
@@ -242,9 +244,8 @@ def parse_uri_untrusted(text: str) -> URI:
         raise BadMessage(f"bad URI scheme: {scheme_text[:40]!r}")
     scheme = scheme_text.lower()
     rest = text[colon + 1 :]
-    for c in rest:
-        if c in " \t\r\n<>\"" or ord(c) < 0x21:
-            raise BadMessage(f"illegal character in URI: {text[:60]!r}")
+    if _ILLEGAL_RE.search(rest) is not None:
+        raise BadMessage(f"illegal character in URI: {text[:60]!r}")
     if scheme in ("sip", "sips"):
         return _parse_sip(scheme, rest, text)
     if scheme == "tel":

@@ -103,7 +103,7 @@ class ICTInput(Enum):
 # dropped. Added: a 2xx in Completed is passed up without a state change. It
 # happens when a downstream proxy loses the CANCEL/200 race after sending 487: a
 # stateful proxy "MUST forward" any 2xx to an INVITE even after its final response
-# (§16.7 step 5), and the UAC must ACK it and hang up (Kamailio relays it too).
+# (§16.7 step 5); our TU forwards it in turn, or (a UA) ACKs it and hangs up.
 TRANSITIONS: Final[dict[tuple[ICTState, ICTInput], ICTState]] = {
     (ICTState.IDLE, ICTInput.START): ICTState.CALLING,
     (ICTState.CALLING, ICTInput.TIMER_A): ICTState.CALLING,

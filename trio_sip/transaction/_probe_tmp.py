@@ -1,1 +1,0 @@
-from ..runtime import core  # noqa
