@@ -88,20 +88,20 @@ async def serve(
         else:
             for spec in config.core.listen:
                 local = Address(spec.host, spec.port)
-                t: Transport
+                listener: UdpTransport | TcpTransport
                 if spec.proto == "udp":
-                    t = UdpTransport(local, core.on_message, guard,
-                                     queue_size=config.core.udp_queue_size,
-                                     max_message_size=config.core.max_message_size)
+                    listener = UdpTransport(local, core.on_message, guard,
+                                            queue_size=config.core.udp_queue_size,
+                                            max_message_size=config.core.max_message_size)
                 else:
-                    t = TcpTransport(local, core.on_message, guard,
-                                     max_message_size=config.core.max_message_size,
-                                     max_connections=config.core.tcp_max_connections,
-                                     idle_timeout=config.core.tcp_idle_timeout,
-                                     connect_timeout=config.core.tcp_connect_timeout)
-                await nursery.start(t.serve)  # type: ignore[attr-defined]
-                core.add_transport(t)
-                server.transports.append(t)
+                    listener = TcpTransport(local, core.on_message, guard,
+                                            max_message_size=config.core.max_message_size,
+                                            max_connections=config.core.tcp_max_connections,
+                                            idle_timeout=config.core.tcp_idle_timeout,
+                                            connect_timeout=config.core.tcp_connect_timeout)
+                await nursery.start(listener.serve)
+                core.add_transport(listener)
+                server.transports.append(listener)
         log.info(
             "trio-sip %s listening on %s (routes %s, %s)", __version__,
             ", ".join(f"{t.proto}:{t.local}" for t in server.transports),

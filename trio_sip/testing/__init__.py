@@ -32,12 +32,15 @@ __all__ = [
 ]
 
 
+DEFAULT_SERVER_ADDRESS = Address("127.0.0.1", 5060)
+
+
 async def start_server(
     nursery: trio.Nursery,
     net: SimNetwork,
     *,
     routes: str | None = None,
-    address: Address = Address("127.0.0.1", 5060),
+    address: Address = DEFAULT_SERVER_ADDRESS,
     protos: Sequence[str] = ("udp",),
     config: Mapping[str, Any] | Config | None = None,
 ) -> Server:

@@ -127,11 +127,11 @@ class SimUA:
     async def send(self, data: bytes, dest: Address) -> bool:
         return await self.transport.send(data, dest)
 
-    async def wait_for(self, pred: Callable[[Received], bool], timeout: float = 40.0,
+    async def wait_for(self, pred: Callable[[Received], bool], within: float = 40.0,
                        *, start: int = 0) -> Received:
         """The first received message (from index ``start``) matching ``pred``; waits in
-        virtual time, TooSlowError after ``timeout``."""
-        with trio.fail_after(timeout):
+        virtual time, TooSlowError unless it arrives ``within`` seconds."""
+        with trio.fail_after(within):
             i = start
             while True:
                 while i < len(self.received):
@@ -142,22 +142,22 @@ class SimUA:
                 await self._arrived.wait()
 
     async def expect_response(self, status: int | None = None, *, method: str | None = None,
-                              timeout: float = 40.0, final: bool = False) -> SipResponse:
+                              within: float = 40.0, final: bool = False) -> SipResponse:
         def pred(r: Received) -> bool:
             m = r.msg
             return (isinstance(m, SipResponse)
                     and (status is None or m.status == status)
                     and (not final or m.status >= 200)
                     and (method is None or m.cseq_method == method))
-        r = await self.wait_for(pred, timeout)
+        r = await self.wait_for(pred, within)
         assert isinstance(r.msg, SipResponse)
         return r.msg
 
-    async def expect_request(self, method: str | None = None, *, timeout: float = 40.0
+    async def expect_request(self, method: str | None = None, *, within: float = 40.0
                              ) -> Received:
         return await self.wait_for(
             lambda r: isinstance(r.msg, SipRequest) and (method is None or r.msg.method == method),
-            timeout)
+            within)
 
     def responses(self) -> list[SipResponse]:
         return [r.msg for r in self.received if isinstance(r.msg, SipResponse)]
