@@ -24,8 +24,10 @@ the number of children and optional ``#!define`` lines (tm timers, debug level),
    its log;
 4. on leaving the block (normally, on an exception or on Trio cancellation) stops it:
    SIGTERM to the main process (Kamailio then stops its workers), after ``stop_within``
-   seconds SIGKILL to the whole process group, then waits (bounded) until no process of
-   that group is left, killing stragglers by pid. The work dir is removed unless
+   seconds SIGKILL to its workers (the main process reaps them and exits; workers killed
+   together with it would be orphans, zombies under a container's PID 1), then SIGKILL to
+   the whole group, then waits (bounded) until no process of it is left, killing stragglers
+   by pid. The work dir is removed unless
    ``keep_workdir`` or ``$TRIO_SIP_KEEP_KAMAILIO`` is set; the log text is kept in memory.
 
 Blocking code: ``with Kamailio(routes, port) as k: ...``. Trio: ``async with Kamailio(...)
@@ -75,6 +77,7 @@ __all__ = [
     "Kamailio",
     "KamailioError",
     "kamailio_binary",
+    "kamailio_missing",
     "render_cfg",
 ]
 
@@ -115,6 +118,37 @@ def kamailio_binary() -> str | None:
         return found
     fallback = "/usr/sbin/kamailio"
     return fallback if os.access(fallback, os.X_OK) else None
+
+
+def kamailio_missing() -> str | None:
+    """Why Kamailio cannot run our routes here (a skip reason), or None when it can: the
+    binary is missing, or app_lua.so is not in its default module path (Debian package
+    kamailio-lua-modules). Cached; asks ``kamailio -h`` for the module path."""
+    global _MISSING
+    if _MISSING is not None:
+        return _MISSING or None
+    binary = kamailio_binary()
+    if binary is None:
+        _MISSING = (
+            "kamailio not installed (Debian packages kamailio and "
+            "kamailio-lua-modules; or set TRIO_SIP_KAMAILIO)"
+        )
+        return _MISSING
+    try:
+        out = subprocess.run([binary, "-h"], capture_output=True, timeout=10, check=False)
+        text = (out.stdout + out.stderr).decode(errors="replace")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _MISSING = f"{binary} -h failed: {exc}"
+        return _MISSING
+    m = re.search(r"Modules search path \(default:\s*([^)\s]+)\)", text)
+    if m and not (Path(m.group(1)) / "app_lua.so").exists():
+        _MISSING = f"app_lua.so not in {m.group(1)} (Debian package kamailio-lua-modules)"
+        return _MISSING
+    _MISSING = ""
+    return None
+
+
+_MISSING: str | None = None
 
 
 def _check_loopback(host: str) -> str:
@@ -337,8 +371,10 @@ class Kamailio:
     def binary(self) -> str:
         b = self._binary or kamailio_binary()
         if b is None:
-            raise KamailioError("kamailio not found (Debian: kamailio kamailio-lua-modules;"
-                                " or set TRIO_SIP_KAMAILIO)")
+            raise KamailioError(
+                "kamailio not found (Debian: kamailio kamailio-lua-modules;"
+                " or set TRIO_SIP_KAMAILIO)"
+            )
         return b
 
     @property
@@ -364,16 +400,28 @@ class Kamailio:
         return self.workdir
 
     def render(self) -> str:
-        return render_cfg(self.routes, self.port, children=self.children, listen=self.listen,
-                          defines=self.defines)
+        return render_cfg(
+            self.routes, self.port, children=self.children, listen=self.listen, defines=self.defines
+        )
 
     def check_command(self) -> list[str]:
         return [self.binary, "-c", "-f", str(self.cfg_path)]
 
     def command(self) -> list[str]:
         d = str(self._dir)
-        cmd = [self.binary, "-DD", "-E", "-f", str(self.cfg_path), "-w", d, "-Y", d,
-               "-P", str(self.pid_file)]
+        cmd = [
+            self.binary,
+            "-DD",
+            "-E",
+            "-f",
+            str(self.cfg_path),
+            "-w",
+            d,
+            "-Y",
+            d,
+            "-P",
+            str(self.pid_file),
+        ]
         if self.fast_malloc:
             cmd += ["-x", "fm", "-X", "fm"]
         if self.shm_mb is not None:
@@ -424,20 +472,32 @@ class Kamailio:
         except (OSError, KamailioError):
             return ""
 
-    def log_errors(self) -> list[str]:
-        """Log lines at level ERROR or worse (CRITICAL, ALERT, BUG)."""
-        return [ln for ln in self.log().splitlines()
-                if re.search(r"\b(ERROR|CRITICAL|ALERT|BUG):", ln)]
+    def log_errors(self, *, route_logs: bool = False) -> list[str]:
+        """Log lines at level ERROR or worse (CRITICAL, ALERT, BUG): Lua errors in routes,
+        module and core errors. Lines the route wrote itself (``KSR.err``, ``KSR.crit``,
+        ``KSR.log``: Kamailio's ``sr_kemi_core_*`` functions) only with ``route_logs``."""
+        return [
+            ln
+            for ln in self.log().splitlines()
+            if re.search(r"\b(ERROR|CRITICAL|ALERT|BUG):", ln)
+            and (route_logs or "sr_kemi_core_" not in ln)
+        ]
 
     def describe(self, max_chars: int = 3000) -> str:
         text = self.log()
         if len(text) > max_chars:
             text = f"... ({len(text) - max_chars} chars before)\n" + text[-max_chars:]
-        state = ("running" if self.running else
-                 f"exited {self.returncode}" + (f" after {self.stopped_by}" if self.stopped_by
-                                                else ""))
-        where = (f"files in {self.workdir}" if self.keep_workdir
-                 else "files removed (keep: $TRIO_SIP_KEEP_KAMAILIO=1)")
+        state = (
+            "running"
+            if self.running
+            else f"exited {self.returncode}"
+            + (f" after {self.stopped_by}" if self.stopped_by else "")
+        )
+        where = (
+            f"files in {self.workdir}"
+            if self.keep_workdir
+            else "files removed (keep: $TRIO_SIP_KEEP_KAMAILIO=1)"
+        )
         try:
             cmd = " ".join(self.command())
         except KamailioError:
@@ -458,8 +518,9 @@ class Kamailio:
         )
 
     def _not_ready(self, why: str) -> KamailioError:
-        return KamailioError(f"kamailio not serving on {self.listen}:{self.port}: {why}\n"
-                             + self.describe())
+        return KamailioError(
+            f"kamailio not serving on {self.listen}:{self.port}: {why}\n" + self.describe()
+        )
 
     def _ready_state(self) -> bool:
         pids = self.pids()
@@ -470,14 +531,18 @@ class Kamailio:
     # -- blocking API --
 
     def __enter__(self) -> Kamailio:
-        self._prepare()
         try:
+            self._prepare()
             self._check_sync()
             out = self.log_path.open("wb")
             try:
                 self._popen = subprocess.Popen(
-                    self.command(), stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, cwd=self._dir, start_new_session=True,
+                    self.command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=self._dir,
+                    start_new_session=True,
                 )
             finally:
                 out.close()
@@ -488,14 +553,20 @@ class Kamailio:
             raise
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def _check_sync(self) -> None:
         try:
-            r = subprocess.run(self.check_command(), stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=_CHECK_TIMEOUT_S, cwd=self._dir)
+            r = subprocess.run(
+                self.check_command(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=_CHECK_TIMEOUT_S,
+                cwd=self._dir,
+            )
         except subprocess.TimeoutExpired as exc:
             out = (exc.stdout or b"") + (exc.stderr or b"")
             raise self._check_failed(None, out.decode(errors="replace")) from None
@@ -527,8 +598,10 @@ class Kamailio:
                 if time.monotonic() > deadline:
                     raise self._not_ready(f"no answer to OPTIONS within {self.ready_within} s")
                 cseq += 1
-                s.sendto(_options_ping(self.listen, self.port, s.getsockname()[1], call_id,
-                                       cseq), self.address)
+                s.sendto(
+                    _options_ping(self.listen, self.port, s.getsockname()[1], call_id, cseq),
+                    self.address,
+                )
                 end = time.monotonic() + _PING_EVERY_S
                 while time.monotonic() < end:
                     try:
@@ -547,9 +620,13 @@ class Kamailio:
                 self._popen.wait(self.stop_within)
                 self.stopped_by = "SIGTERM"
             except subprocess.TimeoutExpired:
+                self._kill_workers()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._popen.wait(_KILL_WAIT_S / 2)  # the main process may exit itself
                 self._killpg()
                 self.stopped_by = "SIGKILL"
-                self._popen.wait(_KILL_WAIT_S)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._popen.wait(_KILL_WAIT_S)
         if self._popen is not None:
             self.returncode = self._popen.poll()
         self._reap_stragglers_sync()
@@ -559,14 +636,18 @@ class Kamailio:
     # -- Trio API --
 
     async def __aenter__(self) -> Kamailio:
-        self._prepare()
         try:
+            self._prepare()
             await self._check_async()
             out = self.log_path.open("wb")
             try:
                 self._trio_proc = await trio.lowlevel.open_process(
-                    self.command(), stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, cwd=self._dir, start_new_session=True,
+                    self.command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=self._dir,
+                    start_new_session=True,
                 )
             finally:
                 out.close()
@@ -578,16 +659,22 @@ class Kamailio:
             raise
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         with trio.CancelScope(shield=True):
             await self.astop()
 
     async def _check_async(self) -> None:
         with trio.move_on_after(_CHECK_TIMEOUT_S) as scope:
-            r = await trio.run_process(self.check_command(), stdin=subprocess.DEVNULL,
-                                       capture_stdout=True, capture_stderr=True, check=False,
-                                       cwd=self._dir)
+            r = await trio.run_process(
+                self.check_command(),
+                stdin=subprocess.DEVNULL,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                cwd=self._dir,
+            )
         if scope.cancelled_caught:
             raise self._check_failed(None, "")
         if r.returncode != 0:
@@ -614,8 +701,10 @@ class Kamailio:
                         self.returncode = rc
                         raise self._not_ready(f"exited with {rc} during start")
                     cseq += 1
-                    await s.sendto(_options_ping(self.listen, self.port, s.getsockname()[1],
-                                                 call_id, cseq), self.address)
+                    await s.sendto(
+                        _options_ping(self.listen, self.port, s.getsockname()[1], call_id, cseq),
+                        self.address,
+                    )
                     with trio.move_on_after(_PING_EVERY_S):
                         while True:
                             data = await s.recv(65535)
@@ -631,6 +720,9 @@ class Kamailio:
             with trio.move_on_after(self.stop_within):
                 await p.wait()
             if p.poll() is None:
+                self._kill_workers()
+                with trio.move_on_after(_KILL_WAIT_S / 2):  # the main process may exit itself
+                    await p.wait()
                 self._killpg()
                 with trio.move_on_after(_KILL_WAIT_S):
                     await p.wait()
@@ -651,6 +743,15 @@ class Kamailio:
     def _signal_main(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
+
+    def _kill_workers(self) -> None:
+        """SIGKILL every worker, not the main process: the main process (our child) reaps
+        them, which it cannot do for workers killed together with it (orphans are left to
+        PID 1, which in a container may never reap them: zombies)."""
+        for pid in self.pids():
+            if pid != self.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _killpg(self) -> None:
         # The group is ours: Kamailio was started in a new session, pgid == its pid.

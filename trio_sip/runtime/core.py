@@ -50,8 +50,10 @@ from ..sip.message import SipRequest, SipResponse
 from ..sip.parser import parse_message_untrusted
 from ..sip.reply import build_reply, build_reply_from_lines, reason_phrase
 from ..sip.uri import parse_uri_untrusted
+from ..transaction.matching import server_key
 from ..transport.base import Address, Transport
 from ..transport.guard import LoopbackGuard
+from .transactions import TransactionLayer
 
 log = logging.getLogger("trio_sip.core")
 
@@ -78,6 +80,7 @@ class ProxyCore:
             self._aliases.add(host.strip("[]").lower())
         self.request_route = config.lua.request_route
         self.reply_route = config.lua.reply_route
+        self.tm = TransactionLayer(self, config.tm)
 
     # -- transports and addresses ---------------------------------------------
 
@@ -185,14 +188,25 @@ class ProxyCore:
 
     async def handle_request(self, req: SipRequest, source: Address, transport: Transport,
                              conn_id: int | None) -> None:
+        if self.tm.match_request(req):
+            return  # a retransmission or a hop-by-hop ACK: its transaction answers it
         ctx = MsgContext(req, source, transport, conn_id, RouteType.REQUEST, self)
         req.top_via_edit = via_received_edit(req, source.host, source.port)
         fn = self.engine.function(self.request_route)
         if fn is None:
             log.error("no %s() in the routes: request dropped", self.request_route)
             return
-        step = self.engine.start(fn, ctx)
-        await self._finish(ctx, step)
+        key = _server_key_or_none(req)
+        if key is not None:
+            self.tm.in_progress[key] += 1
+        try:
+            step = self.engine.start(fn, ctx)
+            await self._finish(ctx, step)
+        finally:
+            if key is not None:
+                self.tm.in_progress[key] -= 1
+                if not self.tm.in_progress[key]:
+                    del self.tm.in_progress[key]
 
     async def handle_response(self, resp: SipResponse, source: Address, transport: Transport,
                               conn_id: int | None) -> None:
@@ -204,8 +218,50 @@ class ProxyCore:
             if ctx.drop or (step.done and step.value is not None and _is_zero(step.value)):
                 self.stats["drop_replies"] += 1
                 return
+        if self.tm.match_response(resp):
+            return  # its branch takes it from here
         self.forward_response(ctx)
         await self.flush(ctx)
+
+    async def run_route(self, name: str, ctx: MsgContext, route_type: RouteType) -> Step | None:
+        """Run an armed route (failure, onreply, branch-failure...) to its end.
+        Returns None when no such function exists (logged)."""
+        fn = self.engine.function(name)
+        if fn is None:
+            log.error("armed route %s() does not exist in the routes", name)
+            self.stats["script_errors"] += 1
+            return None
+        saved = ctx.route_type
+        ctx.route_type = route_type
+        try:
+            step = self.engine.start(fn, ctx)
+            await self._finish(ctx, step)
+        finally:
+            ctx.route_type = saved
+        return step
+
+    def run_route_sync(self, name: str, ctx: MsgContext, route_type: RouteType) -> Step | None:
+        """Run a route that may not wait (branch routes run while t_relay builds the
+        branches); a wait there is a script error."""
+        fn = self.engine.function(name)
+        if fn is None:
+            log.error("armed route %s() does not exist in the routes", name)
+            self.stats["script_errors"] += 1
+            return None
+        saved = ctx.route_type
+        ctx.route_type = route_type
+        try:
+            step = self.engine.start(fn, ctx)
+        finally:
+            ctx.route_type = saved
+        if step.yielded:
+            self.engine.abandon(step.co_id)
+            log.error("%s(): a %s may not wait", name, route_type.label)
+            return Step(-1, "wait in a route that cannot wait", "", step.co_id)
+        if step.failed:
+            self.stats["script_errors"] += 1
+            log.error("route error: %s", step.traceback or step.value)
+        return step
 
     async def _finish(self, ctx: MsgContext, step: Step) -> None:
         """Drive a route coroutine to its end, flushing sends after each step."""
@@ -224,7 +280,12 @@ class ProxyCore:
             log.error("route error: %s", step.traceback or step.value)
             if (ctx.is_request and not ctx.replied and ctx.route_type == RouteType.REQUEST
                     and isinstance(ctx.msg, SipRequest) and ctx.msg.method != "ACK"):
-                self.send_reply(ctx, 500, "Server Internal Error")
+                tx = ctx.transaction
+                if tx is not None:
+                    if not tx.final_status:
+                        tx.reply_local(500, "Server Internal Error")
+                else:
+                    self.send_reply(ctx, 500, "Server Internal Error")
                 await self.flush(ctx)
 
     # -- sending ----------------------------------------------------------------
@@ -345,6 +406,13 @@ def _vias_of(value: str) -> list[Any]:
     from ..sip.headers import parse_via_list_untrusted
 
     return parse_via_list_untrusted(value)
+
+
+def _server_key_or_none(req: SipRequest) -> Any:
+    try:
+        return server_key(req)
+    except BadMessage:
+        return None
 
 
 def _is_zero(v: Any) -> bool:

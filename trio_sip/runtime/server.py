@@ -81,6 +81,7 @@ async def serve(
     core = ProxyCore(config, engine, guard)
     server = Server(config, core, engine, guard)
     async with trio.open_nursery() as nursery:
+        core.tm.nursery = nursery
         if transports is not None:
             for t in transports(core.on_message, guard):
                 core.add_transport(t)

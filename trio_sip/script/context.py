@@ -73,6 +73,13 @@ class MsgContext:
     exited: bool = False
     #: a reply being processed in a reply route, when msg is the request (tm routes)
     reply: SipResponse | None = None
+    #: routes armed (t_on_failure...) before the transaction exists: kind -> function name;
+    #: "branch_reply" holds a t_on_reply() called in a branch route (for that branch only)
+    armed: dict[str, str] = field(default_factory=dict)
+    #: per-transaction settings (t_set_fr...) made before the transaction exists
+    tx_settings: Any = None
+    #: the branch a reply/failure route is about ($T_branch_idx), -1 for none
+    branch_index: int = -1
     #: status of the last internal failure, answered by sl_reply_error() (0: unknown -> 500)
     last_error: int = 0
     #: headers added with KSR.hdr.append_to_reply(), used by the next local reply

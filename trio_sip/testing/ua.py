@@ -50,6 +50,7 @@ class SimUA:
 
     def __init__(self, net: SimNetwork, local: Address, *, proto: str = "udp") -> None:
         self.local = local
+        self._net = net
         self.received: list[Received] = []
         self._arrived = trio.Event()
         self.transport: Transport = net.transport(local, self._on_message, proto=proto)  # type: ignore[arg-type]
@@ -126,6 +127,22 @@ class SimUA:
 
     async def send(self, data: bytes, dest: Address) -> bool:
         return await self.transport.send(data, dest)
+
+    def send_soon(self, dest: Address, *messages: bytes) -> None:
+        """Send from synchronous code (``on_request`` callbacks): one task of the network
+        sends the messages in order, at the current virtual time."""
+
+        async def send_all() -> None:
+            for data in messages:
+                await self.transport.send(data, dest)
+
+        self._net_nursery().start_soon(send_all)
+
+    def _net_nursery(self) -> trio.Nursery:
+        nursery = self._net._nursery  # the network's own nursery owns in-flight sends
+        if nursery is None:
+            raise RuntimeError("the SimNetwork is not running")
+        return nursery
 
     async def wait_for(self, pred: Callable[[Received], bool], within: float = 40.0,
                        *, start: int = 0) -> Received:

@@ -1,0 +1,343 @@
+"""One client transaction of a proxied request: a child task of its server transaction.
+
+Theory of operation
+-------------------
+A :class:`Branch` owns a sans-IO client machine (ICT for INVITE, NICT
+otherwise) and three deadlines that its task waits on in one cancel scope:
+
+* the machine's own timer (A/B/D/E/F/K/M, RFC 3261 §17.1),
+* Kamailio's final-response timer: ``fr`` until the first provisional, then
+  ``fr_inv`` for an INVITE (restarted on each provisional when
+  ``restart_fr_on_each_reply``),
+* after we sent a CANCEL, 64*T1 for the final response (§9.1), after which the
+  branch counts as terminated with a local 487.
+
+Responses reach the branch through its inbox (the dispatcher matched them by
+§17.1.3); what the machine passes up goes to the server transaction's inbox,
+which owns every routing decision. When the fr timer expires the branch
+reports a local 408 and, for an INVITE that had a provisional, CANCELs
+itself (§16.8); the CANCEL is its own NICT, run inside this task.
+
+::
+
+    server transaction task                      branch task
+    ───────────────────────                      ───────────
+    start_soon(branch.run) ───────────────────▶  machine.start(): INVITE out
+    dispatcher: 180 ──────────────────────────▶  inbox → PassUp ──▶ tx inbox
+                                                 fr_inv armed
+    tx decides "cancel" ──── branch.cancel() ──▶ CANCEL NICT (if a 1xx came)
+    dispatcher: 487 ──────────────────────────▶  ACK out, PassUp ─▶ tx inbox
+                                                 Timer D, then Terminated: task ends
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..sip.message import SipResponse
+from ..sip.parser import parse_message_untrusted
+from ..transaction import (
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    PassUp,
+    RemoteProtocolError,
+    Terminated,
+    TimedOut,
+    TimerConfig,
+    Transmit,
+    TransportFailed,
+)
+from ..transaction.actions import Action
+from ..transaction.matching import ClientKey, client_key_for_request
+from ..transport.base import Address, Transport
+
+if TYPE_CHECKING:
+    from .transactions import ServerTx
+
+log = logging.getLogger("trio_sip.tm")
+
+
+@dataclass(frozen=True, slots=True)
+class BranchEvent:
+    """What a branch tells its server transaction."""
+
+    branch: Branch
+    kind: str  # "reply" | "timeout" | "failed" | "done"
+    response: SipResponse | None = None
+
+
+class Branch:
+    """A forwarded copy of the request and the client transaction that sends it."""
+
+    def __init__(
+        self,
+        tx: ServerTx,
+        index: int,
+        uri: str,
+        dest: Address,
+        transport: Transport,
+        data: bytes,
+        branch_id: str,
+        timers: TimerConfig,
+        now: float,
+    ) -> None:
+        self.tx = tx
+        self.index = index
+        self.uri = uri
+        self.dest = dest
+        self.transport = transport
+        self.data = data
+        self.branch_id = branch_id
+        req = parse_message_untrusted(data, stream=transport.reliable)
+        self.method = tx.method
+        self.machine: ClientInviteTransaction | ClientNonInviteTransaction
+        if self.method == "INVITE":
+            self.machine = ClientInviteTransaction(req, data, transport.reliable, timers, now)  # type: ignore[arg-type]
+        else:
+            self.machine = ClientNonInviteTransaction(req, data, transport.reliable, timers, now)  # type: ignore[arg-type]
+        self.key: ClientKey = client_key_for_request(branch_id, self.method)
+        self.inbox_send, self.inbox = trio.open_memory_channel[SipResponse](64)
+        #: highest status received (0: none), and the final response once there is one
+        self.last_status = 0
+        self.final: SipResponse | None = None
+        #: a local final status (408 on timeout, 487 after an unanswered CANCEL, 477/503)
+        self.local_status = 0
+        self.provisional = False
+        self.cancel_requested = False
+        self.cancel_sent = False
+        self.timed_out = False
+        #: armed onreply route for this branch (t_on_reply in a branch route)
+        self.on_reply: str | None = None
+        self.flags = 0
+        self.fr_deadline = math.inf
+        self.cancel_deadline = math.inf
+        self.done = trio.Event()
+        self._cancel_nict: ClientNonInviteTransaction | None = None
+        self._cancel_key: ClientKey | None = None
+
+    # -- status the server transaction reads ----------------------------------------
+
+    @property
+    def final_status(self) -> int:
+        """The final status of this branch (local or received), 0 while pending."""
+        if self.final is not None:
+            return self.final.status
+        return self.local_status
+
+    @property
+    def pending(self) -> bool:
+        return self.final_status == 0
+
+    def deliver(self, resp: SipResponse) -> bool:
+        """Called by the dispatcher (any task): queue a matched response."""
+        try:
+            self.inbox_send.send_nowait(resp)
+        except trio.WouldBlock:
+            self.tx.layer.stats["rpl_dropped"] += 1
+            return False
+        return True
+
+    def cancel(self) -> None:
+        """Ask for this branch to be cancelled (§16.10): at once if a provisional came,
+        else as soon as one comes (Kamailio ``cancel_b_method`` 1)."""
+        if self.cancel_requested or not self.pending:
+            return
+        self.cancel_requested = True
+        self._wake()
+
+    # -- the task ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        layer = self.tx.layer
+        layer.clients[self.key] = self
+        self._scope: trio.CancelScope | None = None
+        try:
+            now = trio.current_time()
+            self._arm_fr(now, first=True)
+            await self._execute(self.machine.start(now))
+            while not self.machine.terminated:
+                deadline = min(self.machine.next_deadline(), self.fr_deadline,
+                               self.cancel_deadline)
+                if self._cancel_nict is not None:
+                    deadline = min(deadline, self._cancel_nict.next_deadline())
+                resp: SipResponse | None = None
+                with trio.CancelScope(deadline=deadline) as scope:
+                    self._scope = scope
+                    if self.cancel_requested and not self.cancel_sent:
+                        await self._maybe_send_cancel()
+                    resp = await self.inbox.receive()
+                self._scope = None
+                now = trio.current_time()
+                if resp is not None:
+                    if resp.cseq_method == "CANCEL":
+                        await self._on_cancel_response(resp, now)
+                    else:
+                        await self._on_response(resp, now)
+                    continue
+                if self.cancel_requested and not self.cancel_sent:
+                    await self._maybe_send_cancel()
+                if self._cancel_nict is not None and now >= self._cancel_nict.next_deadline():
+                    await self._execute_cancel(self._cancel_nict.handle_timer(now))
+                if now >= self.cancel_deadline and self.pending:
+                    # §9.1: no final response 64*T1 after the CANCEL: consider it cancelled
+                    self.local_status = 487
+                    self.cancel_deadline = math.inf
+                    self._report("timeout")
+                    break
+                if now >= self.fr_deadline:
+                    self.fr_deadline = math.inf
+                    await self._fr_expired()
+                    if self.machine.terminated or not self._worth_waiting():
+                        break
+                if now >= self.machine.next_deadline():
+                    await self._execute(self.machine.handle_timer(now))
+        finally:
+            layer.clients.pop(self.key, None)
+            if self._cancel_key is not None:
+                layer.clients.pop(self._cancel_key, None)
+            self.done.set()
+            self.tx.post(BranchEvent(self, "done"))
+
+    def _wake(self) -> None:
+        if self._scope is not None:
+            self._scope.deadline = trio.current_time()
+
+    def _worth_waiting(self) -> bool:
+        """After a local 408, keep the INVITE branch only while a CANCEL is in flight."""
+        return self.cancel_sent and self.cancel_deadline < math.inf
+
+    def _arm_fr(self, now: float, *, first: bool = False) -> None:
+        fr, fr_inv = self.tx.fr_timeouts()
+        if self.method == "INVITE" and self.provisional:
+            self.fr_deadline = now + fr_inv
+        else:
+            self.fr_deadline = now + fr
+
+    async def _on_response(self, resp: SipResponse, now: float) -> None:
+        try:
+            actions = self.machine.receive_response(resp, now)
+        except RemoteProtocolError as exc:
+            self.tx.layer.stats["rpl_absorbed"] += 1
+            log.debug("branch %d: response %d ignored: %s", self.index, resp.status, exc)
+            return
+        if resp.status < 200:
+            first = not self.provisional
+            self.provisional = True
+            self.last_status = max(self.last_status, resp.status)
+            if first or self.tx.restart_fr_on_each_reply:
+                self._arm_fr(now)
+        await self._execute(actions)
+        if self.cancel_requested and not self.cancel_sent and self.provisional and self.pending:
+            await self._maybe_send_cancel()
+
+    async def _fr_expired(self) -> None:
+        """fr/fr_inv expired without a final response: a local 408 for this branch; an
+        INVITE that had a provisional is CANCELled (§16.8, Kamailio fr_inv_timer)."""
+        if not self.pending:
+            return
+        self.timed_out = True
+        self.local_status = 408
+        self.tx.layer.stats["timeouts"] += 1
+        if self.method == "INVITE" and self.provisional:
+            self.cancel_requested = True
+            await self._maybe_send_cancel()
+        self._report("timeout")
+
+    async def _maybe_send_cancel(self) -> None:
+        if self.cancel_sent or self.method != "INVITE":
+            return
+        machine = self.machine
+        assert isinstance(machine, ClientInviteTransaction)
+        if not machine.cancel_allowed:
+            if self.final is not None or machine.terminated:
+                self.cancel_requested = False
+            return
+        self.cancel_sent = True
+        data = machine.build_cancel(self.tx.cancel_reason_headers())
+        now = trio.current_time()
+        req = parse_message_untrusted(data, stream=self.transport.reliable)
+        nict = ClientNonInviteTransaction(req, data, self.transport.reliable,  # type: ignore[arg-type]
+                                          machine.timers, now)
+        self._cancel_nict = nict
+        self._cancel_key = client_key_for_request(self.branch_id, "CANCEL")
+        self.tx.layer.clients[self._cancel_key] = _CancelSink(self)
+        self.cancel_deadline = now + 64 * machine.timers.t1
+        await self._execute_cancel(nict.start(now))
+
+    async def _on_cancel_response(self, resp: SipResponse, now: float) -> None:
+        if self._cancel_nict is None or self._cancel_nict.terminated:
+            return
+        try:
+            actions = self._cancel_nict.receive_response(resp, now)
+        except RemoteProtocolError:
+            return
+        await self._execute_cancel(actions)
+
+    async def _execute_cancel(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Transmit):
+                await self._send(a.data, a.retransmission)
+            elif isinstance(a, Terminated) and self._cancel_key is not None:
+                self.tx.layer.clients.pop(self._cancel_key, None)
+
+    async def _execute(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Transmit):
+                if not await self._send(a.data, a.retransmission):
+                    now = trio.current_time()
+                    if not self.machine.terminated:
+                        try:
+                            await self._execute(self.machine.transport_error(now))
+                        except Exception:  # state without a transport-error entry
+                            log.debug("branch %d: send failed", self.index)
+                    return
+            elif isinstance(a, PassUp):
+                msg = a.message
+                assert isinstance(msg, SipResponse)
+                if msg.status >= 200 and self.final is None and self.local_status == 0:
+                    self.final = msg
+                self.last_status = max(self.last_status, msg.status)
+                self.fr_deadline = math.inf if msg.status >= 200 else self.fr_deadline
+                if msg.status >= 200:
+                    self.cancel_deadline = math.inf
+                self.tx.post(BranchEvent(self, "reply", msg))
+            elif isinstance(a, TimedOut):
+                if self.pending:
+                    self.timed_out = True
+                    self.local_status = 408
+                    self.tx.layer.stats["timeouts"] += 1
+                    self._report("timeout")
+            elif isinstance(a, TransportFailed):
+                if self.pending:
+                    self.local_status = 477
+                    self._report("failed")
+            elif isinstance(a, Terminated):
+                pass
+
+    async def _send(self, data: bytes, retransmission: bool) -> bool:
+        layer = self.tx.layer
+        if retransmission:
+            layer.stats["retransmissions"] += 1
+        ok = await self.transport.send(data, self.dest)
+        if not ok:
+            layer.stats["send_errors"] += 1
+        return ok
+
+    def _report(self, kind: str) -> None:
+        self.tx.post(BranchEvent(self, kind))
+
+
+class _CancelSink:
+    """Stands in the client table for a branch's CANCEL transaction (§17.1.3: the
+    CANCEL has the INVITE's branch but its own method, so its own key)."""
+
+    def __init__(self, branch: Branch) -> None:
+        self.branch = branch
+
+    def deliver(self, resp: SipResponse) -> bool:
+        return self.branch.deliver(resp)

@@ -1,0 +1,827 @@
+"""Stateful proxying: server transactions as Trio tasks that own their branches.
+
+Theory of operation
+-------------------
+"Trio nurseries own each SIP transaction and its timers." A :class:`ServerTx`
+is created when a route arms a transaction (``t_newtran``, ``t_relay``,
+``t_reply``...). Its task owns:
+
+* the sans-IO server machine (IST/NIST, RFC 3261 §17.2 + RFC 6026) and its
+  timers G/H/I/J/L, whose linger durations are Kamailio's ``wt_timer``;
+* a nursery holding one :class:`~trio_sip.runtime.branch.Branch` task per
+  client transaction (each with its own A/B/D/E/F/K/M timers and fr/fr_inv);
+* the transaction's lifetime deadline (``max_inv_lifetime``, Timer C's role,
+  or ``max_noninv_lifetime``), after which pending branches are cancelled and
+  408 is answered;
+* every routing decision: reply routes, the best response (§16.7), failure
+  routes that may relay again (serial forking), replies.
+
+Everything reaches the task through its inbox (branch events, request
+retransmissions, ACKs); the task is the only one that touches its state, one
+event at a time, so no route ever sees a half-updated transaction. When the
+machine and every branch have terminated, the nursery closes: nothing the
+transaction started outlives it.
+
+::
+
+    dispatcher ─┬─ retransmission / ACK ─────────────▶ ServerTx.inbox
+                └─ response (client key §17.1.3) ───▶ Branch.inbox ─▶ ServerTx.inbox
+    ServerTx task: loop { start new branches; flush sends; wait(inbox, deadline) }
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..config import TmConfig
+from ..log import current_call_id
+from ..proxy.forking import challenge_header_name, pick_best, upstream_status
+from ..proxy.stateless import (
+    record_route_line,
+    reply_destination,
+    target_of_uri,
+    via_line,
+)
+from ..script.context import MsgContext
+from ..script.exports import RouteType
+from ..sip.errors import BadMessage
+from ..sip.message import SipRequest, SipResponse
+from ..sip.reply import build_reply, generated_to_tag, reason_phrase
+from ..sip.uri import parse_uri_untrusted
+from ..transaction import (
+    ISTState,
+    LocalProtocolError,
+    PassUp,
+    RemoteProtocolError,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    Terminated,
+    TimerConfig,
+    Transmit,
+)
+from ..transaction.actions import Action
+from ..transaction.matching import (
+    AnyServerKey,
+    LegacyServerKey,
+    ack_matches_invite_2543,
+    cancel_target_key,
+    client_key,
+    server_key,
+)
+from ..transport.base import Address, Transport
+from .branch import Branch, BranchEvent
+
+if TYPE_CHECKING:
+    from .core import ProxyCore
+
+log = logging.getLogger("trio_sip.tm")
+
+# t_relay_to_flags
+F_NO_100 = 0x01
+F_NO_INTERNAL_ERROR_REPLY = 0x02
+F_NO_DNS_FAILOVER = 0x04
+
+_VIA_SEQ = -1000
+
+
+@dataclass
+class TxSettings:
+    """Per-transaction values (Kamailio t_set_fr, t_set_retr, t_set_max_lifetime...),
+    in seconds; None means the module default."""
+
+    fr: float | None = None
+    fr_inv: float | None = None
+    t1: float | None = None
+    t2: float | None = None
+    max_lifetime: float | None = None
+    disable_6xx: bool = False
+    disable_failover: bool = False
+    auto_inv_100: bool | None = None
+
+
+@dataclass
+class _Retransmission:
+    pass
+
+
+@dataclass
+class _Ack:
+    ack: SipRequest
+
+
+@dataclass
+class _Wake:
+    """Re-run the loop (new branches added from outside the task, settings changed)."""
+
+
+@dataclass
+class _Upstream:
+    """Where responses to the request go (§18.2.2), fixed when the transaction is made."""
+
+    transport: Transport
+    dest: Address
+    conn_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ServerTx:
+    """One server transaction and everything it started."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, layer: TransactionLayer, ctx: MsgContext, key: AnyServerKey,
+                 now: float, settings: TxSettings | None = None) -> None:
+        req = ctx.msg
+        assert isinstance(req, SipRequest)
+        self.layer = layer
+        self.ctx = ctx
+        self.request = req
+        self.key = key
+        self.method = req.method
+        self.index = next(self._ids)  # $T(id_index)
+        self.label = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF  # $T(id_label)
+        self.created = now
+        self.settings = settings if settings is not None else TxSettings()
+        reliable = ctx.transport.reliable
+        self.machine: ServerInviteTransaction | ServerNonInviteTransaction
+        if self.method == "INVITE":
+            self.machine = ServerInviteTransaction(req, reliable, layer.timers(self.settings), now)
+        else:
+            self.machine = ServerNonInviteTransaction(req, reliable, layer.timers(self.settings),
+                                                      now)
+        if reliable:
+            self.upstream = _Upstream(ctx.transport, ctx.source, ctx.conn_id)
+        else:
+            host, port = reply_destination(req.via1, ctx.source.host, ctx.source.port,
+                                           force_rport=ctx.force_rport)
+            self.upstream = _Upstream(ctx.transport, Address(host, port))
+        self.to_tag = generated_to_tag(req.call_id, req.from_tag,
+                                       (req.via1.branch if req.via1 else "") or "",
+                                       str(req.cseq_num))
+        self.branches: list[Branch] = []
+        self._unstarted: list[Branch] = []
+        self.inbox_send, self.inbox = trio.open_memory_channel[object](256)
+        # armed routes (function names), Kamailio t_on_*
+        self.on_failure: str | None = ctx.armed.pop("failure", None)
+        self.on_reply: str | None = ctx.armed.pop("reply", None)
+        self.on_branch: str | None = ctx.armed.pop("branch", None)
+        self.on_branch_failure: str | None = ctx.armed.pop("branch_failure", None)
+        #: final status sent upstream (0: none yet), and whether it was ours
+        self.final_status = 0
+        self.local_final = False
+        self.last_reply_code = 0  # $T_reply_code in the request route
+        self.canceled = False
+        self.cancel_reason: str | None = None
+        self.running = False
+        self.finished = trio.Event()
+        self.started_at = now
+        self.suspended = False
+        self.failure_runs = 0
+        #: replies of previous serial legs are kept (t_drop_replies drops them)
+        self.dropped_before = 0
+        self.no_branch_deadline = now + layer.fr_for(self.method, self.settings)
+
+    # -- timers -----------------------------------------------------------------
+
+    def fr_timeouts(self) -> tuple[float, float]:
+        p = self.layer.params
+        fr = self.settings.fr if self.settings.fr is not None else p.fr_timer / 1000
+        fr_inv = self.settings.fr_inv if self.settings.fr_inv is not None else p.fr_inv_timer / 1000
+        return fr, fr_inv
+
+    @property
+    def restart_fr_on_each_reply(self) -> bool:
+        return self.layer.params.restart_fr_on_each_reply
+
+    @property
+    def lifetime_deadline(self) -> float:
+        p = self.layer.params
+        if self.settings.max_lifetime is not None:
+            life = self.settings.max_lifetime
+        elif self.method == "INVITE":
+            life = p.max_inv_lifetime / 1000
+        else:
+            life = p.max_noninv_lifetime / 1000
+        return self.started_at + life
+
+    def cancel_reason_headers(self) -> tuple[str, ...]:
+        return (f"Reason: {self.cancel_reason}",) if self.cancel_reason else ()
+
+    def set_timers(self, t1: float | None, t2: float | None) -> None:
+        self.settings.t1, self.settings.t2 = t1, t2
+        timers = self.layer.timers(self.settings)
+        now = trio.current_time()
+        if not self.machine.terminated:
+            self.machine.set_timers(timers, now)
+        for b in self.branches:
+            if not b.machine.terminated:
+                b.machine.set_timers(timers, now)
+        self.post(_Wake())
+
+    # -- events -----------------------------------------------------------------
+
+    def post(self, event: object) -> None:
+        try:
+            self.inbox_send.send_nowait(event)
+        except trio.WouldBlock:
+            self.layer.stats["events_dropped"] += 1
+        except trio.ClosedResourceError:
+            pass
+
+    def absorbs_ack(self, ack: SipRequest) -> bool:
+        """An ACK for a non-2xx final we sent (hop-by-hop, §17.2.1) is ours to absorb."""
+        m = self.machine
+        if not isinstance(m, ServerInviteTransaction):
+            return False
+        if m.state not in (ISTState.COMPLETED, ISTState.CONFIRMED):
+            return False
+        if isinstance(self.key, LegacyServerKey):
+            return ack_matches_invite_2543(self.request, self.to_tag, ack) or \
+                ack_matches_invite_2543(self.request, ack.to_tag, ack)
+        return True
+
+    # -- replies upstream ----------------------------------------------------------
+
+    def reply_local(self, code: int, reason: str | None = None, *,
+                    headers: Iterable[str] = (), body: bytes = b"") -> bool:
+        """A reply generated here (t_reply, 100 Trying, 408/487/500 on failures)."""
+        if self.final_status and code >= 200:
+            log.warning("t_reply %d: a final reply (%d) was already sent", code,
+                        self.final_status)
+            return False
+        data = build_reply(self.request, code, reason or reason_phrase(code),
+                           to_tag=self.to_tag if code > 100 else None,
+                           via_edit=self.request.top_via_edit,
+                           headers=[*self.ctx.reply_headers, *headers], body=body,
+                           server=self.layer.core.config.core.server_header)
+        if not self._send_upstream(data, code):
+            return False
+        self.layer.stats["rpl_generated"] += 1
+        if code >= 200:
+            self.local_final = True
+        return True
+
+    def _send_upstream(self, data: bytes, code: int) -> bool:
+        try:
+            actions = self.machine.send_response(data, code, trio.current_time())
+        except LocalProtocolError as exc:
+            if 200 <= code < 300 and self.method == "INVITE":
+                # a 2xx after our non-2xx final (the CANCEL/200 race): §16.7 step 10
+                # says forward it anyway; it goes out statelessly
+                self._queue(data)
+                self.layer.stats["rpl_sent"] += 1
+                return True
+            log.debug("reply %d not sent: %s", code, exc)
+            return False
+        self._execute(actions)
+        self.layer.stats["rpl_sent"] += 1
+        if code >= 200 and not self.final_status:
+            self.final_status = code
+            self.layer.stats[f"{code // 100}xx_transactions"] += 1
+        if code >= 200:
+            self.last_reply_code = code
+        return True
+
+    def _queue(self, data: bytes) -> None:
+        u = self.upstream
+        self.ctx.outbox.append((u.transport.proto, u.dest, data, u.conn_id))
+
+    def _execute(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Transmit):
+                if a.retransmission:
+                    self.layer.stats["retransmissions"] += 1
+                self._queue(a.data)
+            elif isinstance(a, Terminated):
+                self.layer.forget(self)
+            # PassUp (ACK in Accepted) never reaches here: the dispatcher routes those
+            # ACKs to the script; TimedOut("H") is only counted
+            elif not isinstance(a, PassUp):
+                self.layer.stats["timer_h_expired"] += 1
+
+    # -- upstream CANCEL ---------------------------------------------------------------
+
+    def cancel_upstream(self, reason: str | None = None) -> None:
+        """The caller CANCELled (§16.10): cancel every pending branch; the final reply
+        (487 normally) goes up when they have all answered."""
+        if self.canceled:
+            return
+        self.canceled = True
+        self.cancel_reason = reason
+        self.cancel_branches()
+        self.post(_Wake())
+
+    def cancel_branches(self, which: str = "all", *, except_branch: Branch | None = None) -> int:
+        n = 0
+        for b in self.branches:
+            if b is except_branch or not b.pending:
+                continue
+            b.cancel()
+            n += 1
+        return n
+
+    # -- branches ---------------------------------------------------------------------
+
+    def add_branch(self, branch: Branch) -> None:
+        self.branches.append(branch)
+        self._unstarted.append(branch)
+        self.layer.stats["UAC_transactions"] += 1
+        if self.running:
+            self.post(_Wake())
+
+    @property
+    def pending_branches(self) -> list[Branch]:
+        return [b for b in self.branches if b.pending]
+
+    # -- the task --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        layer = self.layer
+        token = current_call_id.set(self.request.call_id)
+        self.running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    for b in self._unstarted:
+                        nursery.start_soon(b.run)
+                    self._unstarted.clear()
+                    await layer.core.flush(self.ctx)
+                    if self._done():
+                        break
+                    deadline = min(self.machine.next_deadline(), self._own_deadline())
+                    event: object = None
+                    with trio.move_on_at(deadline):
+                        event = await self.inbox.receive()
+                    now = trio.current_time()
+                    if event is not None:
+                        await self._handle(event)
+                        continue
+                    if now >= self._own_deadline():
+                        await self._expire(now)
+                    if now >= self.machine.next_deadline() and not self.machine.terminated:
+                        self._execute(self.machine.handle_timer(now))
+                nursery.cancel_scope.cancel()
+        finally:
+            self.running = False
+            layer.forget(self)
+            self.inbox_send.close()
+            self.finished.set()
+            current_call_id.reset(token)
+
+    def _own_deadline(self) -> float:
+        if self.final_status:
+            return math.inf
+        if not self.branches and not self.suspended:
+            return min(self.no_branch_deadline, self.lifetime_deadline)
+        return self.lifetime_deadline
+
+    def _done(self) -> bool:
+        return (self.machine.terminated and not self._unstarted
+                and all(b.done.is_set() for b in self.branches))
+
+    async def _expire(self, now: float) -> None:
+        """The lifetime (Timer C / max_*_lifetime), or fr for a transaction that never
+        relayed (t_newtran, t_suspend) ran out: cancel what is pending, answer 408."""
+        if self.final_status:
+            return
+        self.layer.stats["timeouts"] += 1
+        for b in self.branches:
+            if b.pending:
+                b.local_status = 408
+                b.timed_out = True
+                b.cancel()
+        if self.branches:
+            await self._complete()
+        else:
+            self.reply_local(408, "Request Timeout")
+
+    async def _handle(self, event: object) -> None:
+        if isinstance(event, BranchEvent):
+            b = event.branch
+            if event.kind == "reply" and event.response is not None:
+                await self._on_reply(b, event.response)
+            elif event.kind in ("timeout", "failed"):
+                await self._on_branch_final(b, None)
+        elif isinstance(event, _Retransmission):
+            self.layer.stats["req_retransmissions"] += 1
+            try:
+                self._execute(self.machine.receive_request(trio.current_time()))
+            except (RemoteProtocolError, LocalProtocolError):
+                pass
+        elif isinstance(event, _Ack):
+            try:
+                self._execute(self.machine.receive_ack(event.ack, trio.current_time()))  # type: ignore[union-attr]
+            except (RemoteProtocolError, LocalProtocolError, AttributeError):
+                pass
+
+    async def _on_reply(self, b: Branch, resp: SipResponse) -> None:
+        layer = self.layer
+        layer.stats["rpl_received"] += 1
+        code = resp.status
+        route = b.on_reply or self.on_reply
+        dropped = False
+        if route is not None:
+            rctx = self._reply_ctx(resp, b)
+            await layer.core.run_route(route, rctx, RouteType.ONREPLY)
+            dropped = rctx.drop
+        if code < 200:
+            if code > 100 and not dropped and not self.final_status:
+                if self._send_upstream(_upstream_bytes(resp), code):
+                    layer.stats["rpl_relayed"] += 1
+            return
+        if 200 <= code < 300:
+            # §16.7 step 5: forward every 2xx at once; step 10: cancel the other branches
+            if self._send_upstream(_upstream_bytes(resp), code):
+                layer.stats["rpl_relayed"] += 1
+            self.cancel_branches(except_branch=b)
+            return
+        await self._on_branch_final(b, resp)
+
+    async def _on_branch_final(self, b: Branch, resp: SipResponse | None) -> None:
+        code = b.final_status
+        if self.on_branch_failure is not None and code >= 300:
+            rctx = self._reply_ctx(resp, b) if resp is not None else self._failure_ctx(b)
+            await self.layer.core.run_route(self.on_branch_failure, rctx,
+                                            RouteType.BRANCH_FAILURE)
+        if code >= 600 and not self.settings.disable_6xx:
+            # §16.7 step 5 / Kamailio: a 6xx ends the forking
+            self.cancel_branches(except_branch=b)
+        await self._complete()
+
+    async def _complete(self) -> None:
+        """When every branch has a final response: failure route, else the best reply."""
+        if self.final_status or self._unstarted or self.pending_branches:
+            return
+        if any(200 <= (b.final_status or 0) < 300 for b in self.branches):
+            return
+        if self.on_failure is not None:
+            route, self.on_failure = self.on_failure, None  # one run per arming
+            self.failure_runs += 1
+            best = self._best_branch()
+            fctx = self._failure_ctx(best)
+            before = len(self.branches)
+            await self.layer.core.run_route(route, fctx, RouteType.FAILURE)
+            if self.final_status or len(self.branches) > before:
+                return  # replied, or relayed again (serial forking)
+        self._send_best()
+
+    def _best_branch(self) -> Branch | None:
+        live = self.branches[self.dropped_before:]
+        idx = pick_best([(b.final_status, b.final is None) for b in live],
+                        faked_reply_prio=self.layer.faked_reply_prio)
+        return live[idx] if idx is not None else None
+
+    def _send_best(self) -> None:
+        best = self._best_branch()
+        if self.canceled:
+            # the caller cancelled: a downstream 487 goes up as it is, else our own 487
+            for b in self.branches:
+                if b.final is not None and b.final.status == 487:
+                    self._relay_final(b.final, 487)
+                    return
+            self.reply_local(487, "Request Terminated")
+            return
+        if best is None:
+            self.reply_local(500, "No branch could be sent")
+            return
+        if best.final is None:
+            code = best.local_status or 500
+            self.reply_local(code, reason_phrase(code))
+            return
+        code = upstream_status(best.final.status)
+        resp = best.final
+        hname = challenge_header_name(resp.status)
+        if hname is not None:
+            # §16.7 step 7: collect every challenge of every 401/407 branch
+            for b in self.branches:
+                if b is best or b.final is None or b.final.status not in (401, 407):
+                    continue
+                for h in b.final.headers:
+                    if h.key in ("www-authenticate", "proxy-authenticate"):
+                        resp.append_header(f"{h.name}: {h.text}")
+        if code != resp.status:
+            line_end = resp.text.find("\r\n")
+            resp.replace_span(0, line_end, f"SIP/2.0 {code} {reason_phrase(code)}")
+        self._relay_final(resp, code)
+
+    def _relay_final(self, resp: SipResponse, code: int) -> None:
+        if self._send_upstream(_upstream_bytes(resp), code):
+            self.layer.stats["rpl_relayed"] += 1
+
+    def _reply_ctx(self, resp: SipResponse, b: Branch) -> MsgContext:
+        rctx = MsgContext(resp, b.dest, b.transport, None, RouteType.ONREPLY, self.layer.core,
+                          flags=self.ctx.flags, transaction=self)
+        rctx.vars = self.ctx.vars
+        rctx.branch_index = b.index
+        return rctx
+
+    def _failure_ctx(self, b: Branch | None) -> MsgContext:
+        ctx = self.ctx
+        ctx.reply = b.final if b is not None else None
+        ctx.branch_index = b.index if b is not None else -1
+        ctx.drop = False
+        return ctx
+
+    def reply_code_for_route(self, ctx: MsgContext) -> int:
+        """$T_reply_code: the reply being processed (reply routes), the winning reply
+        (failure route), the last final sent (request route), 0 if none."""
+        if ctx.route_type in (RouteType.ONREPLY, RouteType.CORE_REPLY, RouteType.BRANCH_FAILURE):
+            return ctx.msg.status if isinstance(ctx.msg, SipResponse) else 0
+        if ctx.route_type == RouteType.FAILURE:
+            best = self._best_branch()
+            return best.final_status if best is not None else 0
+        return self.last_reply_code
+
+
+def _upstream_bytes(resp: SipResponse) -> bytes:
+    """The response without our (top) Via, as it goes upstream."""
+    first = next((i for i, h in enumerate(resp.headers) if h.key == "via"), None)
+    if first is not None:
+        h = resp.headers[first]
+        from ..sip.headers import parse_via_list_untrusted
+
+        vias = parse_via_list_untrusted(h.value)
+        if len(vias) <= 1:
+            resp.remove_header_at(first)
+        else:
+            resp.replace_span(h.value_start + vias[0].start, h.value_start + vias[1].start, "")
+    return resp.to_bytes()
+
+
+class TransactionLayer:
+    """The tables of server and client transactions, and what the tm exports call."""
+
+    def __init__(self, core: ProxyCore, params: TmConfig) -> None:
+        self.core = core
+        self.params = params
+        self.servers: dict[AnyServerKey, ServerTx] = {}
+        self.clients: dict[Any, Any] = {}
+        self.stats: Counter[str] = Counter()
+        self.nursery: trio.Nursery | None = None
+        self.faked_reply_prio = 0
+        #: requests whose request route is running, by server key (t_precheck_trans)
+        self.in_progress: Counter[AnyServerKey] = Counter()
+        self._branch_ids = itertools.count(1)
+        self._secret = os.urandom(4).hex()
+
+    # -- configuration ------------------------------------------------------------------
+
+    def timers(self, s: TxSettings) -> TimerConfig:
+        p = self.params
+        wt = p.wt_timer / 1000
+        return TimerConfig(
+            t1=s.t1 if s.t1 is not None else p.retr_timer1 / 1000,
+            t2=s.t2 if s.t2 is not None else p.retr_timer2 / 1000,
+            t4=p.t4 / 1000,
+            # Kamailio keeps a completed transaction for wt_timer, not RFC 3261's 64*T1
+            d=wt, j=wt, l=wt, m=wt,
+        )
+
+    def fr_for(self, method: str, s: TxSettings) -> float:
+        fr = s.fr if s.fr is not None else self.params.fr_timer / 1000
+        return fr
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def match_request(self, req: SipRequest) -> bool:
+        """Absorb what belongs to an existing server transaction (§17.2.3): request
+        retransmissions and ACKs of non-2xx finals. True if absorbed."""
+        try:
+            key = server_key(req)
+        except BadMessage:
+            return False
+        tx = self.servers.get(key)
+        if tx is None:
+            return False
+        if req.method == "ACK":
+            if tx.absorbs_ack(req):
+                self.stats["ack_absorbed"] += 1
+                tx.post(_Ack(req))
+                return True
+            return False  # an ACK for a 2xx: a new transaction, routed by the script
+        tx.post(_Retransmission())
+        return True
+
+    def match_response(self, resp: SipResponse) -> bool:
+        """Deliver a response to its client transaction (§17.1.3). False: no match (the
+        core forwards it statelessly if our Via is on top, as Kamailio does)."""
+        try:
+            key = client_key(resp)
+        except BadMessage:
+            return False
+        target = self.clients.get(key)
+        if target is None:
+            return False
+        return bool(target.deliver(resp))
+
+    def invite_for_cancel(self, cancel: SipRequest) -> ServerTx | None:
+        try:
+            return self.servers.get(cancel_target_key(cancel))
+        except BadMessage:
+            return None
+
+    def forget(self, tx: ServerTx) -> None:
+        if self.servers.get(tx.key) is tx:
+            del self.servers[tx.key]
+
+    # -- what the exports call ---------------------------------------------------------------
+
+    def new_server_tx(self, ctx: MsgContext, *, send_100: bool = True) -> ServerTx:
+        """t_newtran: the transaction of the request in ``ctx`` (created once)."""
+        if ctx.transaction is not None:
+            tx: ServerTx = ctx.transaction
+            return tx
+        req = ctx.msg
+        assert isinstance(req, SipRequest)
+        key = server_key(req)
+        tx = ServerTx(self, ctx, key, trio.current_time(), ctx.tx_settings)
+        self.servers[key] = tx
+        ctx.transaction = tx
+        self.stats["UAS_transactions"] += 1
+        auto_100 = tx.settings.auto_inv_100
+        if auto_100 is None:
+            auto_100 = self.params.auto_inv_100
+        if req.method == "INVITE" and send_100 and auto_100:
+            tx.reply_local(100, "Trying")
+        self._start(tx)
+        return tx
+
+    def _start(self, tx: ServerTx) -> None:
+        if self.nursery is None:
+            raise RuntimeError("the transaction layer is not running")
+        self.nursery.start_soon(tx.run)
+
+    def relay(self, ctx: MsgContext, target: str | None = None, flags: int = 0) -> int:
+        """t_relay: forward statefully to the R-URI (or $du, or ``target``) and every
+        appended branch. 1 on success, <0 when no branch could be sent."""
+        req = ctx.msg
+        if not isinstance(req, SipRequest):
+            return -1
+        if req.method == "ACK":
+            return int(self.core.forward(ctx, target))  # ACKs have no transaction
+        if req.method == "CANCEL":
+            inv = self.invite_for_cancel(req)
+            if inv is not None:
+                cancel_tx = self.new_server_tx(ctx)
+                cancel_tx.reply_local(200, "canceling")
+                inv.cancel_upstream(req.get("reason"))
+                self.stats["cancels"] += 1
+                return 1
+        tx = self.new_server_tx(ctx, send_100=not flags & F_NO_100)
+        if tx.final_status:
+            log.warning("t_relay: the transaction was already answered %d", tx.final_status)
+            return -1
+        targets: list[tuple[str, str | None]] = []
+        if target is not None:
+            targets.append((req.current_uri, target))
+        else:
+            targets.append((req.current_uri, req.dst_uri))
+        for extra in ctx.branches:
+            targets.append((extra.uri, extra.dst_uri))
+        ctx.branches = []
+        sent = 0
+        for uri, dst in targets:
+            if self._make_branch(tx, ctx, uri, dst) is not None:
+                sent += 1
+        if not sent:
+            if not flags & F_NO_INTERNAL_ERROR_REPLY and ctx.route_type != RouteType.REQUEST:
+                pass
+            return -1
+        return 1
+
+    def _make_branch(self, tx: ServerTx, ctx: MsgContext, uri: str, dst: str | None
+                     ) -> Branch | None:
+        req = tx.request
+        mark = req.edit_mark()
+        saved = (req.new_uri, req.dst_uri, ctx.record_route, ctx.rr_params, ctx.drop)
+        req.new_uri = None if uri == req.ruri_text else uri
+        req.dst_uri = dst
+        branch_reply: str | None = None
+        saved_index = ctx.branch_index
+        ctx.branch_index = len(tx.branches)
+        try:
+            if tx.on_branch is not None:
+                ctx.drop = False
+                step = self.core.run_route_sync(tx.on_branch, ctx, RouteType.BRANCH)
+                branch_reply = ctx.armed.pop("branch_reply", None)
+                if ctx.drop or (step is not None and step.failed):
+                    self.stats["branches_dropped"] += 1
+                    return None
+            target = req.dst_uri or req.current_uri
+            try:
+                hop = target_of_uri(parse_uri_untrusted(target))
+            except BadMessage as exc:
+                log.warning("t_relay to %r: %s", target, exc.reason)
+                ctx.last_error = 400
+                return None
+            if not _is_ip(hop.host):
+                log.warning("t_relay to %s: host names need DNS resolution (not available)",
+                            hop.host)
+                ctx.last_error = 478
+                return None
+            transport = self.core.transport_for(hop.proto)
+            if transport is None:
+                log.warning("t_relay to %s: no %s transport", target, hop.proto)
+                ctx.last_error = 503
+                return None
+            dest = Address(hop.host, hop.port)
+            if not self.core.guard.allows(dest):
+                ctx.last_error = 477
+                return None
+            host, port = self.core.advertised(transport)
+            branch_id = f"z9hG4bK{self._secret}.{next(self._branch_ids)}"
+            first = req.headers[0].start if req.headers else req.headers_end
+            extra = [(first, first, (via_line(transport.proto, host, port, branch_id)
+                                     + "\r\n").encode("latin-1"), _VIA_SEQ)]
+            if ctx.record_route:
+                rr = record_route_line(transport.proto, host, port, ctx.rr_params) + "\r\n"
+                extra.append((first, first, rr.encode("latin-1"), _VIA_SEQ + 1))
+            data = req.to_bytes(extra)
+            b = Branch(tx, len(tx.branches), req.current_uri, dest, transport, data, branch_id,
+                       self.timers(tx.settings), trio.current_time())
+            b.on_reply = branch_reply
+            b.flags = ctx.bflags
+            tx.add_branch(b)
+            return b
+        finally:
+            ctx.branch_index = saved_index
+            req.rollback(mark)
+            req.new_uri, req.dst_uri = saved[0], saved[1]
+            ctx.record_route, ctx.rr_params, ctx.drop = saved[2], saved[3], saved[4]
+
+    def replicate(self, ctx: MsgContext, uri: str) -> int:
+        """t_replicate: a stateful copy of the request to ``uri``; its replies are counted
+        and dropped. The copy's client transaction runs in the layer's nursery."""
+        req = ctx.msg
+        if not isinstance(req, SipRequest) or req.method in ("ACK", "CANCEL"):
+            return -1
+        owner = _ReplicaOwner(self, req, ctx.tx_settings or TxSettings())
+        saved_rr = ctx.record_route
+        ctx.record_route = False
+        try:
+            b = self._make_branch(owner, ctx, req.current_uri, uri)  # type: ignore[arg-type]
+        finally:
+            ctx.record_route = saved_rr
+        if b is None:
+            return -1
+        self.stats["replicated"] += 1
+        return 1
+
+    def statistics(self) -> dict[str, int]:
+        out = dict(self.stats)
+        out["inuse_transactions"] = len(self.servers)
+        out["active_transactions"] = sum(1 for t in self.servers.values() if t.pending_branches)
+        return out
+
+
+class _ReplicaOwner:
+    """Stands in for a server transaction above a t_replicate() branch: nothing goes
+    upstream, the branch's replies are only counted."""
+
+    def __init__(self, layer: TransactionLayer, request: SipRequest, settings: TxSettings) -> None:
+        self.layer = layer
+        self.request = request
+        self.method = request.method
+        self.settings = settings
+        self.on_branch: str | None = None
+        self.branches: list[Branch] = []
+
+    def fr_timeouts(self) -> tuple[float, float]:
+        p = self.layer.params
+        return p.fr_timer / 1000, p.fr_inv_timer / 1000
+
+    @property
+    def restart_fr_on_each_reply(self) -> bool:
+        return self.layer.params.restart_fr_on_each_reply
+
+    def cancel_reason_headers(self) -> tuple[str, ...]:
+        return ()
+
+    def add_branch(self, b: Branch) -> None:
+        self.branches.append(b)
+        self.layer.stats["UAC_transactions"] += 1
+        if self.layer.nursery is not None:
+            self.layer.nursery.start_soon(b.run)
+
+    def post(self, event: object) -> None:
+        if isinstance(event, BranchEvent) and event.kind == "reply":
+            self.layer.stats["replicate_replies"] += 1
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
