@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import trio
 
 from ..config import Config
 from ..log import current_call_id
@@ -45,6 +48,7 @@ from ..proxy.stateless import (
 from ..script.context import MsgContext
 from ..script.engine import ScriptEngine, Step
 from ..script.exports import RouteType
+from ..script.ops import AsyncOp
 from ..sip.errors import BadMessage
 from ..sip.message import SipRequest, SipResponse
 from ..sip.parser import parse_message_untrusted
@@ -264,17 +268,73 @@ class ProxyCore:
         return step
 
     async def _finish(self, ctx: MsgContext, step: Step) -> None:
-        """Drive a route coroutine to its end, flushing sends after each step."""
-        while True:
-            await self.flush(ctx)
-            if not step.yielded:
-                break
-            # Async operations arrive with the async bridge (issue 4); until a route may
-            # yield, a yield is a script error.
+        """Drive a route coroutine to its end, flushing sends after each step.
+
+        A request route that waits (an async export yielded) gets a transaction if it has
+        none (OpenSIPS async() does the same: retransmissions are absorbed meanwhile) and
+        goes on as a task of that transaction, so the receive loop is free at once and the
+        wait is cancelled with the transaction. Other routes wait where they run (a
+        failure route inside its transaction's task, a launched task in its own)."""
+        await self.flush(ctx)
+        if step.yielded and ctx.route_type == RouteType.REQUEST and ctx.is_request:
+            req = ctx.msg
+            assert isinstance(req, SipRequest)
+            if req.method != "ACK":
+                tx = ctx.transaction or self.tm.new_server_tx(ctx)
+                tx.spawn(self._continue, ctx, step)
+                return
+        if step.yielded and ctx.route_type == RouteType.CORE_REPLY:
+            # ksr_reply_route runs in the receive loop for every reply: it may not wait
             self.engine.abandon(step.co_id)
-            log.error("route yielded outside of an async-capable context: %r", step.value)
-            step = Step(-1, "yield outside async context", "", step.co_id)
-            break
+            log.error("ksr_reply_route may not wait (it yielded %r); use an onreply route",
+                      step.value)
+            step = Step(-1, "wait in the core reply route", "", step.co_id)
+        if step.yielded:
+            step = await self._drive(ctx, step)
+        await self._after(ctx, step)
+
+    async def _continue(self, ctx: MsgContext, step: Step) -> None:
+        step = await self._drive(ctx, step)
+        await self._after(ctx, step)
+
+    async def _drive(self, ctx: MsgContext, step: Step) -> Step:
+        """Await what the coroutine yields and resume it with the result, until it ends.
+        Cancelled (transaction over, shutdown): the coroutine is abandoned, never resumed."""
+        engine = self.engine
+        co_id = step.co_id
+        try:
+            while step.yielded:
+                op = step.value
+                result = await self._run_op(ctx, op)
+                step = engine.resume(co_id, ctx, result)
+                await self.flush(ctx)
+        finally:
+            if step.yielded:
+                engine.abandon(co_id)
+                self.stats["routes_abandoned"] += 1
+                log.info("route abandoned while waiting for %r", step.value)
+        return step
+
+    async def _run_op(self, ctx: MsgContext, op: Any) -> Any:
+        if not isinstance(op, AsyncOp):
+            log.error("a route yielded %r, which is not an operation", op)
+            return -1
+        self.stats["async_ops"] += 1
+        with trio.move_on_after(op.timeout if op.timeout is not None else math.inf) as scope:
+            try:
+                return await op.run(ctx)
+            except trio.Cancelled:
+                raise
+            except Exception:
+                log.exception("async operation %s failed", op.name)
+                self.stats["async_op_errors"] += 1
+                return -1
+        if scope.cancelled_caught:
+            self.stats["async_op_timeouts"] += 1
+            log.info("async operation %s timed out after %s s", op.name, op.timeout)
+        return op.timeout_result
+
+    async def _after(self, ctx: MsgContext, step: Step) -> None:
         if step.failed:
             self.stats["script_errors"] += 1
             log.error("route error: %s", step.traceback or step.value)
@@ -286,7 +346,37 @@ class ProxyCore:
                         tx.reply_local(500, "Server Internal Error")
                 else:
                     self.send_reply(ctx, 500, "Server Internal Error")
+        await self.flush(ctx)
+
+    def launch(self, ctx: MsgContext, fn: str, report_fn: str | None, param: str) -> bool:
+        """KSR.async.launch: ``fn`` runs as a detached task of the server (OpenSIPS launch):
+        on a copy of the message context with no transaction, so it outlives the request."""
+        if self.tm.nursery is None:
+            return False
+        lctx = MsgContext(ctx.msg, ctx.source, ctx.transport, ctx.conn_id, RouteType.EVENT,
+                          self, flags=ctx.flags)
+        lctx.vars = dict(ctx.vars)
+        self.tm.nursery.start_soon(self._launched, lctx, fn, report_fn, param)
+        self.stats["launched"] += 1
+        return True
+
+    async def _launched(self, ctx: MsgContext, fn: str, report_fn: str | None,
+                        param: str) -> None:
+        f = self.engine.function(fn)
+        if f is None:
+            return
+        step = await self._drive(ctx, self.engine.start(f, ctx))
+        await self.flush(ctx)
+        if step.failed:
+            self.stats["script_errors"] += 1
+            log.error("launched route error: %s", step.traceback or step.value)
+        if report_fn is not None:
+            r = self.engine.function(report_fn)
+            if r is not None:
+                rstep = await self._drive(ctx, self.engine.start(r, ctx, step.value, param))
                 await self.flush(ctx)
+                if rstep.failed:
+                    log.error("launch report route error: %s", rstep.traceback or rstep.value)
 
     # -- sending ----------------------------------------------------------------
 
