@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
-from support.ports import LOOPBACK, free_port
-from support.sipp import (
+from tests.support.ports import LOOPBACK, free_port
+from tests.support.sipp import (
     EXIT_SOME_FAILED,
     Sipp,
     SippError,

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from support.ports import LOOPBACK, free_port, free_port_both
-from support.torture import (
+from tests.support.ports import LOOPBACK, free_port, free_port_both
+from tests.support.torture import (
     Reply,
     TortureMessage,
     find_torture_dir,

@@ -20,8 +20,8 @@ the number of children and optional ``#!define`` lines (tm timers, debug level),
 3. waits until it serves (bounded by ``ready_within``): the UDP port is bound and the TCP
    port listens (read from /proc/net, no probe bind), then, with ``ready="options"`` (the
    default), an ``OPTIONS sip:127.0.0.1:PORT`` gets any SIP response, i.e. a worker has
-   loaded the Lua file and runs routes. If Kamailio exits meanwhile, the error carries
-   its log;
+   loaded the Lua file and runs routes. If Kamailio exits meanwhile, or the route raises
+   a Lua error on the ping, the error says so at once and carries its log;
 4. on leaving the block (normally, on an exception or on Trio cancellation) stops it:
    SIGTERM to the main process (Kamailio then stops its workers), after ``stop_within``
    seconds SIGKILL to its workers (the main process reaps them and exits; workers killed
@@ -522,6 +522,13 @@ class Kamailio:
             f"kamailio not serving on {self.listen}:{self.port}: {why}\n" + self.describe()
         )
 
+    def _lua_failed(self) -> None:
+        """Raise at once when the route raised a Lua error while we wait (e.g. on the
+        OPTIONS ping) instead of waiting out ``ready_within``."""
+        errors = [ln for ln in self.log_errors() if "error from Lua" in ln]
+        if errors:
+            raise self._not_ready(f"the route raised a Lua error: {errors[0].strip()}")
+
     def _ready_state(self) -> bool:
         pids = self.pids()
         udp = _pids_hold(pids, _socket_inodes(self.port, False, self.listen))
@@ -595,6 +602,7 @@ class Kamailio:
                 if rc is not None:
                     self.returncode = rc
                     raise self._not_ready(f"exited with {rc} during start")
+                self._lua_failed()
                 if time.monotonic() > deadline:
                     raise self._not_ready(f"no answer to OPTIONS within {self.ready_within} s")
                 cseq += 1
@@ -700,6 +708,7 @@ class Kamailio:
                     if rc is not None:
                         self.returncode = rc
                         raise self._not_ready(f"exited with {rc} during start")
+                    self._lua_failed()
                     cseq += 1
                     await s.sendto(
                         _options_ping(self.listen, self.port, s.getsockname()[1], call_id, cseq),
