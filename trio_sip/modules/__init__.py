@@ -7,10 +7,25 @@ from ..script.exports import Module
 
 def builtin_modules() -> list[Module]:
     """Every module shipped with trio-sip, in KSR order."""
-    from . import async_mod, core, corex, hdr, kx, maxfwd, pv, rr, sanity, siputils, sl, tm, tmx
+    from . import (
+        async_mod,
+        core,
+        corex,
+        hdr,
+        kx,
+        maxfwd,
+        pv,
+        rr,
+        rtpengine,
+        sanity,
+        siputils,
+        sl,
+        tm,
+        tmx,
+    )
 
     return [
         core.MODULE, core.X_MODULE, pv.MODULE, hdr.MODULE, sl.MODULE, rr.MODULE,
         maxfwd.MODULE, sanity.MODULE, siputils.MODULE, corex.MODULE, kx.MODULE,
-        tm.MODULE, tmx.MODULE, async_mod.MODULE,
+        tm.MODULE, tmx.MODULE, async_mod.MODULE, rtpengine.MODULE,
     ]
