@@ -99,7 +99,8 @@ async def test_sl_is_not_allowed_in_the_reply_route(autojump_clock: Any, write_r
                                                     caplog: pytest.LogCaptureFixture) -> None:
     routes = write_routes(
         "function ksr_request_route() KSR.forward() end\n"
-        "function ksr_reply_route() KSR.sl.sl_send_reply(500, 'No') end\n"
+        # through an alias, which the static check does not follow (it would refuse to start)
+        "function ksr_reply_route() local sl = KSR.sl; sl.sl_send_reply(500, 'No') end\n"
     )
     caplog.set_level(logging.ERROR, logger="trio_sip")
     async with serving(routes) as env:

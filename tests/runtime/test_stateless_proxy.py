@@ -140,7 +140,8 @@ async def test_export_in_wrong_route_type_is_a_script_error(
         autojump_clock, write_routes, caplog) -> None:
     routes = write_routes(
         "function ksr_request_route() KSR.forward() end\n"
-        "function ksr_reply_route() KSR.rr.loose_route() end\n"
+        # through an alias: `trio-sip check` refuses the direct call at start
+        "function ksr_reply_route() local rr = KSR.rr; rr.loose_route() end\n"
     )
     caplog.set_level(logging.ERROR, logger="trio_sip")
     async with SimNetwork(seed=8) as net, trio.open_nursery() as nursery:
@@ -190,3 +191,16 @@ async def test_loose_route_to_next_hop_sets_destination(autojump_clock) -> None:
         assert got.msg.get("Route") == "<sip:127.0.0.4;lr>"
         assert got.msg.ruri_text == "sip:bob@127.0.0.3:5060"  # type: ignore[attr-defined]
         nursery.cancel_scope.cancel()
+
+
+def test_server_refuses_a_route_that_calls_an_export_in_the_wrong_route(write_routes) -> None:
+    from trio_sip.config import config_from_dict
+    from trio_sip.runtime.server import build_engine
+    from trio_sip.script.check import RouteCheckError
+
+    routes = write_routes(
+        "function ksr_request_route() KSR.forward() end\n"
+        "function ksr_reply_route() KSR.rr.loose_route() end\n"
+    )
+    with pytest.raises(RouteCheckError, match=r"routes.lua:2:.*loose_route.*not allowed in reply_route"):
+        build_engine(config_from_dict({"lua": {"routes": routes}}))

@@ -20,6 +20,7 @@ import trio
 from .. import __version__
 from ..config import Config
 from ..modules import builtin_modules
+from ..script.check import Problem, RouteCheckError, check_routes, format_problem
 from ..script.engine import ScriptEngine, ScriptError
 from ..script.exports import Module
 from ..transport.base import Address, MessageHandler, Transport
@@ -49,13 +50,32 @@ class Server:
 
 
 def build_engine(config: Config, modules: Sequence[Module] | None = None) -> ScriptEngine:
-    """A script engine with the routes loaded; raises ScriptError on a broken script."""
-    engine = ScriptEngine(
-        modules if modules is not None else builtin_modules(),
-        engine=config.lua.engine,
-        lua_path=config.lua.path,
-    )
+    """A script engine with the routes loaded; raises ScriptError on a broken script.
+
+    After loading, the routes go through the static checks (script/check.py): like
+    OpenSIPS, the server refuses to start when a route calls an unknown function, passes
+    arguments that cannot work, arms a function that does not exist or calls a function
+    in a route type where it is not allowed (:class:`RouteCheckError` lists them all).
+    Warnings are logged and do not stop it."""
+    mods = list(modules) if modules is not None else builtin_modules()
+    engine = ScriptEngine(mods, engine=config.lua.engine, lua_path=config.lua.path)
     engine.load_routes(config.lua.routes)
+    problems = check_routes(
+        config.lua.routes, mods, request_route=config.lua.request_route,
+        reply_route=config.lua.reply_route, lua_path=config.lua.path,
+    )
+    errors: list[Problem] = []
+    for p in problems:
+        if p.severity == "error" and p.check == "syntax":
+            # Lua loaded the file, so the checker's own parser is at fault: check less
+            # rather than refuse a script Lua accepts.
+            log.warning("static route checks skipped: %s", format_problem(p))
+        elif p.severity == "error":
+            errors.append(p)
+        else:
+            log.warning("%s", format_problem(p))
+    if errors:
+        raise RouteCheckError(errors)
     if engine.function(config.lua.request_route) is None:
         raise ScriptError(
             f"{config.lua.routes}: no function {config.lua.request_route}() "
@@ -138,10 +158,14 @@ def run(config: Config) -> int:
 
 
 def check(config: Config) -> list[str]:
-    """``trio-sip check``: load the routes and report problems (empty list: all good)."""
-    problems: list[str] = []
+    """``trio-sip check``: load the routes and report problems (empty list: all good).
+
+    The list holds the errors, one ``file:line:col: error: ...`` each (the command exits
+    1 when it is not empty); warnings are logged by :func:`build_engine`."""
     try:
         build_engine(config)
+    except RouteCheckError as exc:
+        return [format_problem(p) for p in exc.problems]
     except ScriptError as exc:
-        problems.append(str(exc))
-    return problems
+        return [str(exc)]
+    return []
