@@ -48,6 +48,7 @@ from ..proxy.stateless import (
 from ..script.context import MsgContext
 from ..script.engine import ScriptEngine, Step
 from ..script.exports import RouteType
+from ..script.modparams import build_modparams
 from ..script.ops import AsyncOp
 from ..sip.errors import BadMessage
 from ..sip.message import SipRequest, SipResponse
@@ -85,6 +86,9 @@ class ProxyCore:
         self.request_route = config.lua.request_route
         self.reply_route = config.lua.reply_route
         self.tm = TransactionLayer(self, config.tm)
+        #: each module's params instance (script/modparams.py), checked at start
+        self.modparams: dict[str, Any] = build_modparams(engine.modules.values(),
+                                                         config.modparams)
 
     # -- transports and addresses ---------------------------------------------
 
