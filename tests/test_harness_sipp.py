@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
+
 from tests.support.ports import LOOPBACK, free_port
 from tests.support.sipp import (
     EXIT_SOME_FAILED,

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+
 from tests.support.ports import LOOPBACK, free_port, free_port_both
 from tests.support.torture import (
     Reply,

@@ -1,4 +1,5 @@
-"""The ``trio-sip`` command: ``run`` the server, ``check`` a config and its routes.
+"""The ``trio-sip`` command: ``run`` the server, ``check`` a config and its routes,
+``ctl`` a running server (its management interface, trio_sip/mi/client.py).
 
 Exit codes follow the usual shell conventions, so scripts and service managers
 can tell the failures apart:
@@ -8,6 +9,9 @@ can tell the failures apart:
 * 2: usage or configuration error: nothing was started. A systemd unit with
   ``RestartPreventExitStatus=2`` then does not restart-loop on a bad config;
 * 130: interrupted by Ctrl-C.
+
+``ctl`` has its own: 0 success, 1 the server answered a JSON-RPC error, 2 usage,
+connection or HTTP errors.
 
 Command-line options are turned into ``--set`` overrides and applied after the
 config file, in this order: every ``--set`` as given, then ``--listen``,
@@ -126,6 +130,30 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Load the config and the routes, report problems, and exit"
         " (1 if there are problems).",
     )
+    ctl = commands.add_parser(
+        "ctl",
+        help="call a management command of a running server",
+        description="Call a management command (JSON-RPC over HTTP) of a running server"
+        " and print its result as JSON. Exit status: 0 success, 1 JSON-RPC error,"
+        " 2 usage or connection error.",
+    )
+    ctl.add_argument("--url", metavar="URL",
+                     help="the management interface (default: $TRIO_SIP_MI_URL, else"
+                     " mi.listen of --config, else http://127.0.0.1:5099/)")
+    ctl.add_argument("--token", metavar="TOKEN",
+                     help="bearer token (default: $TRIO_SIP_MI_TOKEN, else mi.token of --config)")
+    ctl.add_argument("--config", "-c", metavar="FILE",
+                     help="read mi.listen and mi.token from this config file")
+    ctl.add_argument("--params", dest="raw_params", metavar="JSON",
+                     help="the params as one JSON array or object")
+    ctl.add_argument("--timeout", type=float, default=40.0, metavar="SECONDS",
+                     help="give up after this long (default 40)")
+    ctl.add_argument("--list", dest="list_methods", action="store_true",
+                     help="list the commands the server has")
+    ctl.add_argument("method", nargs="?", metavar="METHOD",
+                     help="e.g. tm.stats, core.uptime, app_lua.reload")
+    ctl.add_argument("params", nargs="*", metavar="PARAM",
+                     help="positional params: JSON values, or strings (s:TEXT forces a string)")
     return parser
 
 
@@ -165,8 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{_PROG}: error: a command is required: run or check", file=sys.stderr)
+        print(f"{_PROG}: error: a command is required: run, check or ctl", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "ctl":
+        from trio_sip.mi.client import run_ctl
+
+        return run_ctl(args.method, args.params, url=args.url, token=args.token,
+                       config=args.config, raw_params=args.raw_params,
+                       list_methods=args.list_methods, timeout=args.timeout)
     try:
         config = load_config(args.config, _overrides(args))
         # Module params are checked when the server builds its modules, so a

@@ -68,6 +68,7 @@ __all__ = [
     "CoreConfig",
     "ListenSpec",
     "LuaConfig",
+    "MiConfig",
     "TmConfig",
     "config_from_dict",
     "default_routes_path",
@@ -536,6 +537,84 @@ class TmConfig(_Section):
             )
 
 
+_TOKEN68_RE: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def split_mi_listen(text: str) -> tuple[str, int]:
+    """Split ``mi.listen`` (``127.0.0.1:5099``, ``[::1]:5099``) into an IP literal
+    (IPv6 without brackets) and a port (0: the OS chooses). ValueError says the rule."""
+    match = _HOSTPORT_RE.fullmatch(text.strip())
+    if match is None or match["port"] is None:
+        raise ValueError("expected ADDR:PORT (an IP address, IPv6 in brackets), or \"\" to disable")
+    host = match["v6"] or match["host"]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"ADDR must be an IP address, not {host!r}") from None
+    if match["v6"] is not None and address.version != 6:
+        raise ValueError(f"brackets are for IPv6 addresses, not {host!r}")
+    if match["v6"] is None and address.version == 6:
+        raise ValueError("IPv6 goes in brackets, as in [::1]:5099")
+    port = int(match["port"])
+    if not 0 <= port <= 65535:
+        raise ValueError(f"PORT must be 0..65535, not {port}")
+    return str(address), port
+
+
+def _mi_listen(key: str, value: str) -> None:
+    if value == "":
+        return
+    try:
+        split_mi_listen(value)
+    except ValueError as exc:
+        _fail(key, value, str(exc))
+
+
+def _token(key: str, value: str) -> None:
+    # sent as "Authorization: Bearer TOKEN": RFC 6750 b64token characters only
+    if not _TOKEN68_RE.fullmatch(value):
+        _fail(key, "(hidden)", "must be a bearer token: letters, digits and -._~+/ (= at the end)")
+    if len(value) < 16:
+        _fail(key, "(hidden)", "must be at least 16 characters long")
+
+
+@dataclass(frozen=True)
+class MiConfig(_Section):
+    """``[mi]``: the management interface, JSON-RPC 2.0 over HTTP (``trio-sip ctl``).
+
+    ``listen`` is ``ADDR:PORT`` (an IP address; port 0 lets the OS choose) or ``""``
+    to serve no management interface. ``token``, when set, must come with every
+    request as ``Authorization: Bearer TOKEN``; it is required to listen on an
+    address that is not loopback (plain HTTP: keep such a port on a trusted network).
+    ``max_body_size`` bounds a request body (bytes), ``timeout`` the time a request
+    may take to arrive and its reply to leave (seconds), ``command_timeout`` an
+    async command (seconds).
+    """
+
+    SECTION: ClassVar[str] = "mi"
+
+    listen: str = field(default="127.0.0.1:5099", metadata=_checks(_mi_listen))
+    token: str | None = field(default=None, metadata=_checks(_optional(_token)))
+    max_body_size: int = field(default=1 << 20, metadata=_checks(_between(1024, 64 << 20)))
+    timeout: float = field(default=10.0, metadata=_checks(_positive))
+    command_timeout: float = field(default=30.0, metadata=_checks(_positive))
+
+    def __repr__(self) -> str:  # never show the token in logs or tracebacks
+        token = None if self.token is None else "(hidden)"
+        return (f"MiConfig(listen={self.listen!r}, token={token}, "
+                f"max_body_size={self.max_body_size}, timeout={self.timeout}, "
+                f"command_timeout={self.command_timeout})")
+
+    def _check_together(self) -> None:
+        if not self.listen or self.token is not None:
+            return
+        host, _port = split_mi_listen(self.listen)
+        if not ipaddress.ip_address(host).is_loopback:
+            _fail("mi.listen", self.listen,
+                  "not a loopback address: set mi.token to serve the management interface"
+                  " beyond this machine")
+
+
 def _no_modparams() -> Mapping[str, Mapping[str, object]]:
     return MappingProxyType({})
 
@@ -551,6 +630,7 @@ class Config:
     core: CoreConfig = field(default_factory=CoreConfig)
     lua: LuaConfig = field(default_factory=LuaConfig)
     tm: TmConfig = field(default_factory=TmConfig)
+    mi: MiConfig = field(default_factory=MiConfig)
     modparams: Mapping[str, Mapping[str, object]] = field(default_factory=_no_modparams)
     source: str | None = None
 

@@ -88,6 +88,7 @@ class Proxy:
 async def trio_sip_proxy(routes: Path) -> AsyncIterator[Proxy]:
     port = free_port_both()
     data: dict[str, dict[str, object]] = {
+        "mi": {"listen": ""},
         "core": {
             "listen": [f"udp:{LOOPBACK}:{port}", f"tcp:{LOOPBACK}:{port}"],
             "log_level": "warning",

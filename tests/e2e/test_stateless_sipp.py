@@ -29,6 +29,7 @@ requires_sipp = pytest.mark.skipif(
 async def running_server(routes: str | None = None) -> AsyncIterator[Server]:
     port = free_port_both()
     data: dict[str, dict[str, object]] = {
+        "mi": {"listen": ""},  # no management socket: tests run side by side
         "core": {"listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"],
                  "log_level": "warning"},
     }

@@ -12,9 +12,12 @@ def builtin_modules() -> list[Module]:
         core,
         corex,
         hdr,
+        htable,
         kx,
         maxfwd,
+        mi,
         pv,
+        registrar,
         rr,
         rtpengine,
         sanity,
@@ -22,10 +25,12 @@ def builtin_modules() -> list[Module]:
         sl,
         tm,
         tmx,
+        usrloc,
     )
 
     return [
         core.MODULE, core.X_MODULE, pv.MODULE, hdr.MODULE, sl.MODULE, rr.MODULE,
         maxfwd.MODULE, sanity.MODULE, siputils.MODULE, corex.MODULE, kx.MODULE,
-        tm.MODULE, tmx.MODULE, async_mod.MODULE, rtpengine.MODULE,
+        tm.MODULE, tmx.MODULE, async_mod.MODULE, rtpengine.MODULE, registrar.MODULE,
+        usrloc.MODULE, htable.MODULE, mi.MODULE, mi.JSONRPCS_MODULE,
     ]

@@ -8,7 +8,8 @@ otherwise) and three deadlines that its task waits on in one cancel scope:
 * the machine's own timer (A/B/D/E/F/K/M, RFC 3261 §17.1),
 * Kamailio's final-response timer: ``fr`` until the first provisional, then
   ``fr_inv`` for an INVITE (restarted on each provisional when
-  ``restart_fr_on_each_reply``),
+  ``restart_fr_on_each_reply``, else on the first one and on increasing codes
+  >= 180, as Kamailio does); a non-INVITE keeps its ``fr`` whatever comes,
 * after we sent a CANCEL, 64*T1 for the final response (§9.1), after which the
   branch counts as terminated with a local 487.
 
@@ -17,6 +18,20 @@ Responses reach the branch through its inbox (the dispatcher matched them by
 which owns every routing decision. When the fr timer expires the branch
 reports a local 408 and, for an INVITE that had a provisional, CANCELs
 itself (§16.8); the CANCEL is its own NICT, run inside this task.
+
+Once the branch has a *local* final (408 on fr or on the transaction's lifetime,
+487 after an unanswered CANCEL) and no CANCEL in flight, it is *lingering*: it
+sends nothing more on its own (no more INVITE retransmissions: Kamailio stops them
+when fr fires) but stays matchable until its server transaction ends, so that
+stragglers are handled as §16.7 wants while the response context exists: a late
+1xx is CANCELled (Kamailio ``cancel_b_method`` 1), a late final is ACKed by the
+machine and absorbed, a late 2xx is passed up and forwarded. The server
+transaction does not wait for lingering branches; it cancels them when it ends.
+
+Timer B and F are not the limit of a proxied branch: fr/fr_inv are (Kamailio has
+no B/F for branches), so the transaction layer gives the machines a B/F beyond
+every fr and lifetime (``TransactionLayer.timers``); the CANCEL's own NICT keeps
+the RFC's 64*T1.
 
 ::
 
@@ -44,6 +59,7 @@ from ..sip.parser import parse_message_untrusted
 from ..transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
+    ICTState,
     PassUp,
     RemoteProtocolError,
     Terminated,
@@ -67,7 +83,7 @@ class BranchEvent:
     """What a branch tells its server transaction."""
 
     branch: Branch
-    kind: str  # "reply" | "timeout" | "failed" | "done"
+    kind: str  # "reply" | "timeout" | "failed" | "settled" (now lingering) | "done"
     response: SipResponse | None = None
 
 
@@ -119,6 +135,10 @@ class Branch:
         self.done = trio.Event()
         self._cancel_nict: ClientNonInviteTransaction | None = None
         self._cancel_key: ClientKey | None = None
+        self._scope: trio.CancelScope | None = None
+        #: new timer values (t_set_retr) for the task to apply: the machine's actions
+        #: are this task's to carry out
+        self._new_timers: TimerConfig | None = None
 
     # -- status the server transaction reads ----------------------------------------
 
@@ -132,6 +152,18 @@ class Branch:
     @property
     def pending(self) -> bool:
         return self.final_status == 0
+
+    @property
+    def lingering(self) -> bool:
+        """Settled locally (408/487) with no CANCEL in flight or due: the branch only
+        absorbs stragglers now, and its server transaction need not wait for it."""
+        if self.local_status == 0 or self.done.is_set() or self.machine.terminated:
+            return False
+        if self.cancel_sent:
+            return self.cancel_deadline == math.inf  # the CANCEL got its final, or gave up
+        if self.cancel_requested and isinstance(self.machine, ClientInviteTransaction):
+            return not self.machine.cancel_allowed  # a CANCEL is about to go out
+        return True
 
     def deliver(self, resp: SipResponse) -> bool:
         """Called by the dispatcher (any task): queue a matched response."""
@@ -150,26 +182,49 @@ class Branch:
         self.cancel_requested = True
         self._wake()
 
+    def expire(self) -> None:
+        """The server transaction's lifetime ran out: a local 408 for this branch, and
+        (INVITE) a CANCEL now if it rang, or when it does."""
+        if not self.pending:
+            return
+        self.timed_out = True
+        self.local_status = 408
+        self.tx.layer.stats["timeouts"] += 1
+        if self.method == "INVITE":
+            self.cancel_requested = True
+        self._wake()
+
+    def retime(self, timers: TimerConfig) -> None:
+        """New T1/T2 (t_set_retr on a live transaction), applied by the branch's task."""
+        self._new_timers = timers
+        self._wake()
+
     # -- the task ---------------------------------------------------------------------
 
     async def run(self) -> None:
         layer = self.tx.layer
         layer.clients[self.key] = self
-        self._scope: trio.CancelScope | None = None
         try:
             now = trio.current_time()
-            self._arm_fr(now, first=True)
+            self._arm_fr(now)
             await self._execute(self.machine.start(now))
             while not self.machine.terminated:
-                deadline = min(self.machine.next_deadline(), self.fr_deadline,
-                               self.cancel_deadline)
+                # Everything that sends happens here, outside the cancel scope below:
+                # a wake-up (cancel(), retime()) can never cut a send in half.
+                if self._new_timers is not None:
+                    timers, self._new_timers = self._new_timers, None
+                    await self._execute(self.machine.set_timers(timers, trio.current_time()))
+                    continue
+                if self.cancel_requested and not self.cancel_sent:
+                    await self._maybe_send_cancel()
+                if self.lingering and not self.tx.keeps_lingering_branches:
+                    break
+                deadline = min(self._machine_deadline(), self.fr_deadline, self.cancel_deadline)
                 if self._cancel_nict is not None:
                     deadline = min(deadline, self._cancel_nict.next_deadline())
                 resp: SipResponse | None = None
                 with trio.CancelScope(deadline=deadline) as scope:
                     self._scope = scope
-                    if self.cancel_requested and not self.cancel_sent:
-                        await self._maybe_send_cancel()
                     resp = await self.inbox.receive()
                 self._scope = None
                 now = trio.current_time()
@@ -179,27 +234,32 @@ class Branch:
                     else:
                         await self._on_response(resp, now)
                     continue
-                if self.cancel_requested and not self.cancel_sent:
-                    await self._maybe_send_cancel()
                 if self._cancel_nict is not None and now >= self._cancel_nict.next_deadline():
                     await self._execute_cancel(self._cancel_nict.handle_timer(now))
-                if now >= self.cancel_deadline and self.pending:
-                    # §9.1: no final response 64*T1 after the CANCEL: consider it cancelled
-                    self.local_status = 487
+                if now >= self.cancel_deadline:
+                    # §9.1: no final response 64*T1 after the CANCEL: consider it
+                    # cancelled (a branch already settled by fr just stops waiting)
                     self.cancel_deadline = math.inf
-                    self._report("timeout")
-                    break
+                    if self.pending:
+                        self.local_status = 487
+                        self._report("timeout")
+                    else:
+                        # settled by fr before: now lingering, which the server
+                        # transaction may be waiting for to end
+                        self._report("settled")
+                    continue
                 if now >= self.fr_deadline:
                     self.fr_deadline = math.inf
                     await self._fr_expired()
-                    if self.machine.terminated or not self._worth_waiting():
-                        break
-                if now >= self.machine.next_deadline():
+                    continue
+                if now >= self._machine_deadline():
                     await self._execute(self.machine.handle_timer(now))
         finally:
+            self._scope = None
             layer.clients.pop(self.key, None)
             if self._cancel_key is not None:
                 layer.clients.pop(self._cancel_key, None)
+            layer.branch_ended(self)  # late responses: absorbed, not forwarded (non-2xx)
             self.done.set()
             self.tx.post(BranchEvent(self, "done"))
 
@@ -207,11 +267,14 @@ class Branch:
         if self._scope is not None:
             self._scope.deadline = trio.current_time()
 
-    def _worth_waiting(self) -> bool:
-        """After a local 408, keep the INVITE branch only while a CANCEL is in flight."""
-        return self.cancel_sent and self.cancel_deadline < math.inf
+    def _machine_deadline(self) -> float:
+        """The machine's next timer, except after a local final with no final received:
+        then its only timers are request retransmissions and B/F, which we give up."""
+        if self.local_status and self.last_status < 200:
+            return math.inf
+        return self.machine.next_deadline()
 
-    def _arm_fr(self, now: float, *, first: bool = False) -> None:
+    def _arm_fr(self, now: float) -> None:
         fr, fr_inv = self.tx.fr_timeouts()
         if self.method == "INVITE" and self.provisional:
             self.fr_deadline = now + fr_inv
@@ -225,25 +288,31 @@ class Branch:
             self.tx.layer.stats["rpl_absorbed"] += 1
             log.debug("branch %d: response %d ignored: %s", self.index, resp.status, exc)
             return
-        if resp.status < 200:
-            first = not self.provisional
+        # A 1xx the machine absorbed (it came after a final: reordering) changes nothing.
+        passed_up = any(isinstance(a, PassUp) for a in actions)
+        if resp.status < 200 and passed_up:
+            previous = self.last_status
             self.provisional = True
-            self.last_status = max(self.last_status, resp.status)
-            if first or self.tx.restart_fr_on_each_reply:
+            self.last_status = max(previous, resp.status)
+            # Kamailio t_reply.c: fr_inv starts on the first 1xx and restarts on every
+            # 1xx (restart_fr_on_each_reply) or else on increasing codes >= 180; the fr
+            # of a non-INVITE is not touched by provisionals.
+            if self.pending and self.method == "INVITE" and (
+                    self.tx.restart_fr_on_each_reply
+                    or (previous < resp.status and (resp.status >= 180 or previous == 0))):
                 self._arm_fr(now)
         await self._execute(actions)
-        if self.cancel_requested and not self.cancel_sent and self.provisional and self.pending:
-            await self._maybe_send_cancel()
 
     async def _fr_expired(self) -> None:
         """fr/fr_inv expired without a final response: a local 408 for this branch; an
-        INVITE that had a provisional is CANCELled (§16.8, Kamailio fr_inv_timer)."""
+        INVITE that had a provisional is CANCELled (§16.8, Kamailio fr_inv_timer), one
+        that had none is CANCELled if a provisional still comes (cancel_b_method 1)."""
         if not self.pending:
             return
         self.timed_out = True
         self.local_status = 408
         self.tx.layer.stats["timeouts"] += 1
-        if self.method == "INVITE" and self.provisional:
+        if self.method == "INVITE":
             self.cancel_requested = True
             await self._maybe_send_cancel()
         self._report("timeout")
@@ -254,15 +323,17 @@ class Branch:
         machine = self.machine
         assert isinstance(machine, ClientInviteTransaction)
         if not machine.cancel_allowed:
-            if self.final is not None or machine.terminated:
-                self.cancel_requested = False
+            if machine.state in (ICTState.ACCEPTED, ICTState.COMPLETED, ICTState.TERMINATED):
+                self.cancel_requested = False  # a final came: nothing left to cancel
             return
         self.cancel_sent = True
         data = machine.build_cancel(self.tx.cancel_reason_headers())
         now = trio.current_time()
         req = parse_message_untrusted(data, stream=self.transport.reliable)
+        # the CANCEL is an ordinary NICT: RFC Timer F (64*T1), not the branch's fr-sized F
+        timers = machine.timers.with_(f=None)
         nict = ClientNonInviteTransaction(req, data, self.transport.reliable,  # type: ignore[arg-type]
-                                          machine.timers, now)
+                                          timers, now)
         self._cancel_nict = nict
         self._cancel_key = client_key_for_request(self.branch_id, "CANCEL")
         self.tx.layer.clients[self._cancel_key] = _CancelSink(self)
@@ -302,8 +373,8 @@ class Branch:
                 if msg.status >= 200 and self.final is None and self.local_status == 0:
                     self.final = msg
                 self.last_status = max(self.last_status, msg.status)
-                self.fr_deadline = math.inf if msg.status >= 200 else self.fr_deadline
                 if msg.status >= 200:
+                    self.fr_deadline = math.inf
                     self.cancel_deadline = math.inf
                 self.tx.post(BranchEvent(self, "reply", msg))
             elif isinstance(a, TimedOut):

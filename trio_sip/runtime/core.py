@@ -89,6 +89,8 @@ class ProxyCore:
         #: each module's params instance (script/modparams.py), checked at start
         self.modparams: dict[str, Any] = build_modparams(engine.modules.values(),
                                                          config.modparams)
+        #: the management interface context, set by the server when it starts one
+        self.mi: Any = None
 
     # -- transports and addresses ---------------------------------------------
 

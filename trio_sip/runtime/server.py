@@ -2,8 +2,11 @@
 
 ``serve(config, task_status=...)`` follows Trio's start protocol: it reports
 started (with the :class:`Server`, whose transports know their real ports) only
-after every listener is bound and the routes are loaded. ``run(config)`` is
-what ``trio-sip run`` calls: it serves until SIGINT/SIGTERM, then stops
+after every listener is bound and the routes are loaded. It also serves the
+management interface (``[mi]``, trio_sip/mi/): ``server.registry`` holds the
+commands, ``server.mi`` (also ``core.mi``) is what they run with, and
+``server.mi_address`` is where JSON-RPC is served (None when not served).
+``run(config)`` is what ``trio-sip run`` calls: it serves until SIGINT/SIGTERM, then stops
 gracefully. ``check(config)`` loads everything without binding and returns the
 problems it found (``trio-sip check``).
 """
@@ -19,7 +22,12 @@ import trio
 
 from .. import __version__
 from ..config import Config
+from ..mi.commands import build_registry
+from ..mi.http import serve_mi
+from ..mi.registry import MiContext, MiRegistry
+from ..mi.reload import ReloadedEngine
 from ..modules import builtin_modules
+from ..modules import mi as mi_module
 from ..script.check import Problem, RouteCheckError, check_routes, format_problem
 from ..script.engine import ScriptEngine, ScriptError
 from ..script.exports import Module
@@ -41,6 +49,12 @@ class Server:
     engine: ScriptEngine
     guard: LoopbackGuard
     transports: list[Transport] = field(default_factory=list)
+    #: the management commands of this server (built-in and the modules')
+    registry: MiRegistry | None = None
+    #: what the management commands run with (also ``core.mi``)
+    mi: MiContext | None = None
+    #: where the management interface serves JSON-RPC over HTTP, if it does
+    mi_address: Address | None = None
 
     def address(self, proto: str = "udp") -> Address:
         for t in self.transports:
@@ -49,16 +63,33 @@ class Server:
         raise LookupError(f"no {proto} transport")
 
 
-def build_engine(config: Config, modules: Sequence[Module] | None = None) -> ScriptEngine:
+def default_modules() -> list[Module]:
+    """The modules a server loads: the built-in ones, and KSR.mi / KSR.jsonrpcs (the
+    management interface from routes) if they are not among them yet."""
+    mods = builtin_modules()
+    names = {m.name for m in mods}
+    mods += [m for m in (mi_module.MODULE, mi_module.JSONRPCS_MODULE) if m.name not in names]
+    return mods
+
+
+def build_engine(config: Config, modules: Sequence[Module] | None = None, *,
+                 previous: ScriptEngine | None = None) -> ScriptEngine:
     """A script engine with the routes loaded; raises ScriptError on a broken script.
+
+    With ``previous`` (``app_lua.reload``) the new engine takes over the coroutines
+    still waiting in ``previous`` (trio_sip/mi/reload.py) once it is put in place;
+    building it changes nothing in ``previous``.
 
     After loading, the routes go through the static checks (script/check.py): like
     OpenSIPS, the server refuses to start when a route calls an unknown function, passes
     arguments that cannot work, arms a function that does not exist or calls a function
     in a route type where it is not allowed (:class:`RouteCheckError` lists them all).
     Warnings are logged and do not stop it."""
-    mods = list(modules) if modules is not None else builtin_modules()
-    engine = ScriptEngine(mods, engine=config.lua.engine, lua_path=config.lua.path)
+    mods = list(modules) if modules is not None else default_modules()
+    engine = (ScriptEngine(mods, engine=config.lua.engine, lua_path=config.lua.path)
+              if previous is None else
+              ReloadedEngine(mods, engine=config.lua.engine, lua_path=config.lua.path,
+                             previous=previous))
     engine.load_routes(config.lua.routes)
     problems = check_routes(
         config.lua.routes, mods, request_route=config.lua.request_route,
@@ -93,13 +124,25 @@ async def serve(
     config: Config,
     *,
     transports: TransportFactory | None = None,
+    mi: bool | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the server until cancelled; report started once every listener is bound."""
+    """Run the server until cancelled; report started once every listener is bound.
+
+    The management interface is served on ``config.mi.listen`` (unless it is "")
+    when ``mi`` is true; by default (None) only when the server binds its own
+    listeners: a server on injected transports (``transports``, the in-memory
+    network of tests) opens no real socket unless asked with ``mi=True``. Its
+    registry and context exist either way (``KSR.mi`` works)."""
     engine = build_engine(config)
     guard = LoopbackGuard(config.core.loopback_only)
     core = ProxyCore(config, engine, guard)
     server = Server(config, core, engine, guard)
+    server.registry = build_registry(engine.modules.values(),
+                                     default_timeout=config.mi.command_timeout)
+    server.mi = MiContext(core, server.registry, server)
+    core.mi = server.mi  # read by KSR.mi (modules/mi.py)
+    serve_http = bool(config.mi.listen) and (mi if mi is not None else transports is None)
     async with trio.open_nursery() as nursery:
         core.tm.nursery = nursery
         if transports is not None:
@@ -123,6 +166,8 @@ async def serve(
                 await nursery.start(listener.serve)
                 core.add_transport(listener)
                 server.transports.append(listener)
+        if serve_http:
+            server.mi_address = await nursery.start(serve_mi, server)
         log.info(
             "trio-sip %s listening on %s (routes %s, %s)", __version__,
             ", ".join(f"{t.proto}:{t.local}" for t in server.transports),
@@ -154,7 +199,26 @@ def run(config: Config) -> int:
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    except BaseExceptionGroup as group:
+        # a listener that cannot bind fails inside the server's nursery: the error
+        # comes wrapped in exception groups; say it in one line, as above
+        leaves = _leaves(group)
+        if not leaves or not all(isinstance(e, (OSError, ScriptError)) for e in leaves):
+            raise
+        for e in leaves:
+            if isinstance(e, ScriptError):
+                log.error("%s", e)
+            else:
+                log.error("cannot start: %s", e)
+        return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
 
 
 def check(config: Config) -> list[str]:

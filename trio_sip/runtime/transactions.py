@@ -27,6 +27,17 @@ transaction started outlives it.
     dispatcher ─┬─ retransmission / ACK ─────────────▶ ServerTx.inbox
                 └─ response (client key §17.1.3) ───▶ Branch.inbox ─▶ ServerTx.inbox
     ServerTx task: loop { start new branches; flush sends; wait(inbox, deadline) }
+
+Branches settled locally (408 on fr or on the lifetime, 487 after an unanswered
+CANCEL) *linger* (branch.py): the task does not wait for them and cancels them when it
+ends.
+
+After the task: Kamailio's wt (Timers D, J, L, M here; I is T4) is shorter than 64*T1,
+during which RFC 3261/6026 peers still retransmit. So the layer keeps, for 64*T1 (at
+least 32 s), a small record of each ended server transaction (its key and final:
+a late request copy is answered from it, never routed again) and of each ended
+INVITE branch (its machine: a late non-2xx is ACKed and absorbed, a late 1xx
+CANCELled; a 2xx is still forwarded). See ``_server_ended_now`` and ``branch_ended``.
 """
 
 from __future__ import annotations
@@ -35,9 +46,10 @@ import itertools
 import logging
 import math
 import os
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -58,23 +70,27 @@ from ..sip.message import SipRequest, SipResponse
 from ..sip.reply import build_reply, generated_to_tag, reason_phrase
 from ..sip.uri import parse_uri_untrusted
 from ..transaction import (
+    ClientInviteTransaction,
     ISTState,
     LocalProtocolError,
-    PassUp,
     RemoteProtocolError,
     ServerInviteTransaction,
     ServerNonInviteTransaction,
     Terminated,
+    TimedOut,
     TimerConfig,
     Transmit,
+    build_ack,
 )
 from ..transaction.actions import Action
 from ..transaction.matching import (
     AnyServerKey,
+    ClientKey,
     LegacyServerKey,
     ack_matches_invite_2543,
     cancel_target_key,
     client_key,
+    same_request_2543,
     server_key,
 )
 from ..transport.base import Address, Transport
@@ -137,6 +153,8 @@ class ServerTx:
     """One server transaction and everything it started."""
 
     _ids = itertools.count(1)
+    #: lingering branches (settled locally, see branch.py) stay until this task ends
+    keeps_lingering_branches = True
 
     def __init__(self, layer: TransactionLayer, ctx: MsgContext, key: AnyServerKey,
                  now: float, settings: TxSettings | None = None) -> None:
@@ -169,6 +187,11 @@ class ServerTx:
                                        str(req.cseq_num))
         self.branches: list[Branch] = []
         self._unstarted: list[Branch] = []
+        #: tasks the transaction owns besides its branches: route continuations that wait
+        #: (the async bridge), started in its nursery; cancelled when it ends
+        self._unstarted_tasks: list[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = []
+        self.waiting_routes = 0
+        self._route_scopes: list[trio.CancelScope] = []
         self.inbox_send, self.inbox = trio.open_memory_channel[object](256)
         # armed routes (function names), Kamailio t_on_*
         self.on_failure: str | None = ctx.armed.pop("failure", None)
@@ -178,6 +201,8 @@ class ServerTx:
         #: final status sent upstream (0: none yet), and whether it was ours
         self.final_status = 0
         self.local_final = False
+        #: the To tag of the non-2xx final sent upstream (RFC 2543 ACK matching)
+        self.final_to_tag: str | None = None
         self.last_reply_code = 0  # $T_reply_code in the request route
         self.canceled = False
         self.cancel_reason: str | None = None
@@ -189,6 +214,12 @@ class ServerTx:
         #: replies of previous serial legs are kept (t_drop_replies drops them)
         self.dropped_before = 0
         self.no_branch_deadline = now + layer.fr_for(self.method, self.settings)
+        #: the lifetime (or fr without branches) ran out and was acted upon: once only
+        self.expired = False
+        #: branches whose final (received or local) was processed, and the last of them
+        #: ($T_branch_idx in the failure route: "the branch with the last final reply")
+        self._finalized: set[Branch] = set()
+        self._last_final: Branch | None = None
 
     # -- timers -----------------------------------------------------------------
 
@@ -217,14 +248,16 @@ class ServerTx:
         return (f"Reason: {self.cancel_reason}",) if self.cancel_reason else ()
 
     def set_timers(self, t1: float | None, t2: float | None) -> None:
+        """t_set_retr on a live transaction. The machines keep their armed
+        retransmission and take the new values after it (Kamailio: "after the current
+        interval"). Each machine's actions are carried out by its owner: ours are
+        queued here, a branch applies its own in its task (``Branch.retime``)."""
         self.settings.t1, self.settings.t2 = t1, t2
         timers = self.layer.timers(self.settings)
-        now = trio.current_time()
         if not self.machine.terminated:
-            self.machine.set_timers(timers, now)
+            self._execute(self.machine.set_timers(timers, trio.current_time()))
         for b in self.branches:
-            if not b.machine.terminated:
-                b.machine.set_timers(timers, now)
+            b.retime(timers)
         self.post(_Wake())
 
     # -- events -----------------------------------------------------------------
@@ -245,8 +278,10 @@ class ServerTx:
         if m.state not in (ISTState.COMPLETED, ISTState.CONFIRMED):
             return False
         if isinstance(self.key, LegacyServerKey):
-            return ack_matches_invite_2543(self.request, self.to_tag, ack) or \
-                ack_matches_invite_2543(self.request, ack.to_tag, ack)
+            # §17.2.3: "the To tag of the ACK matches the To tag of the response sent
+            # by the server transaction" (ours for a local reply, the callee's for a
+            # relayed one); an ACK with another tag is for a 2xx (CANCEL/200 race)
+            return ack_matches_invite_2543(self.request, self.final_to_tag or self.to_tag, ack)
         return True
 
     # -- replies upstream ----------------------------------------------------------
@@ -268,7 +303,14 @@ class ServerTx:
         self.layer.stats["rpl_generated"] += 1
         if code >= 200:
             self.local_final = True
+            self.ctx.replied = code
+            if code >= 300:
+                self.final_to_tag = self.to_tag
         return True
+
+    def reply(self, ctx: MsgContext, code: int, reason: str | None = None) -> bool:
+        """The stateful reply ``KSR.sl.send_reply`` uses when a transaction exists."""
+        return self.reply_local(code, reason)
 
     def _send_upstream(self, data: bytes, code: int) -> bool:
         try:
@@ -305,7 +347,7 @@ class ServerTx:
                 self.layer.forget(self)
             # PassUp (ACK in Accepted) never reaches here: the dispatcher routes those
             # ACKs to the script; TimedOut("H") is only counted
-            elif not isinstance(a, PassUp):
+            elif isinstance(a, TimedOut):
                 self.layer.stats["timer_h_expired"] += 1
 
     # -- upstream CANCEL ---------------------------------------------------------------
@@ -318,7 +360,21 @@ class ServerTx:
         self.canceled = True
         self.cancel_reason = reason
         self.cancel_branches()
+        self.cancel_waiting_routes("the caller cancelled")
+        if not self.pending_branches and not self._unstarted and not self.final_status \
+                and self.method == "INVITE":
+            # nothing downstream to wait for (a route still waiting, or suspended): the
+            # caller gets its 487 now
+            self.reply_local(487, "Request Terminated")
         self.post(_Wake())
+
+    def cancel_waiting_routes(self, why: str) -> None:
+        """Cancel every route continuation of this transaction that is waiting: the route
+        never runs again (its coroutine is abandoned by core._drive)."""
+        for scope in self._route_scopes:
+            if not scope.cancel_called:
+                log.info("transaction %d: a waiting route is cancelled: %s", self.index, why)
+                scope.cancel()
 
     def cancel_branches(self, which: str = "all", *, except_branch: Branch | None = None) -> int:
         n = 0
@@ -344,6 +400,33 @@ class ServerTx:
 
     # -- the task --------------------------------------------------------------------------
 
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``fn(*args)`` as a task of this transaction: a request route that waits
+        goes on here (core._finish hands its coroutine over). It is cancelled when the
+        transaction ends, so no route code runs after its transaction is gone; until it
+        has an answer the transaction stays bounded by fr and its lifetime."""
+        self._unstarted_tasks.append((fn, args))
+        self.waiting_routes += 1
+        if self.running:
+            self.post(_Wake())  # else run(), already start_soon'ed, starts it first thing
+
+    async def _owned(self, fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
+                     ) -> None:
+        scope = trio.CancelScope()
+        self._route_scopes.append(scope)
+        try:
+            with scope:
+                await fn(*args)
+        except Exception:
+            log.exception("transaction %d: a route continuation failed", self.index)
+            self.layer.stats["tx_errors"] += 1
+            if not self.final_status:
+                self.reply_local(500, "Server Internal Error")
+        finally:
+            self._route_scopes.remove(scope)
+            self.waiting_routes -= 1
+            self.post(_Wake())
+
     async def run(self) -> None:
         layer = self.layer
         token = current_call_id.set(self.request.call_id)
@@ -354,6 +437,9 @@ class ServerTx:
                     for b in self._unstarted:
                         nursery.start_soon(b.run)
                     self._unstarted.clear()
+                    for fn, args in self._unstarted_tasks:
+                        nursery.start_soon(self._owned, fn, args)
+                    self._unstarted_tasks.clear()
                     await layer.core.flush(self.ctx)
                     if self._done():
                         break
@@ -362,13 +448,22 @@ class ServerTx:
                     with trio.move_on_at(deadline):
                         event = await self.inbox.receive()
                     now = trio.current_time()
-                    if event is not None:
-                        await self._handle(event)
-                        continue
-                    if now >= self._own_deadline():
-                        await self._expire(now)
-                    if now >= self.machine.next_deadline() and not self.machine.terminated:
-                        self._execute(self.machine.handle_timer(now))
+                    try:
+                        if event is not None:
+                            await self._handle(event)
+                            continue
+                        if now >= self._own_deadline():
+                            await self._expire(now)
+                        if now >= self.machine.next_deadline() and not self.machine.terminated:
+                            self._execute(self.machine.handle_timer(now))
+                    except Exception:
+                        # a bug here must not take the server (the layer's nursery) down
+                        # with it: log it, count it, answer if we still can
+                        log.exception("transaction %d: error handling %r", self.index, event)
+                        layer.stats["tx_errors"] += 1
+                        if not self.final_status:
+                            self.reply_local(500, "Server Internal Error")
+                # lingering branches (settled locally) end with us
                 nursery.cancel_scope.cancel()
         finally:
             self.running = False
@@ -377,28 +472,45 @@ class ServerTx:
             self.finished.set()
             current_call_id.reset(token)
 
+    def _final_sent(self) -> bool:
+        """A final response went through the machine (t_drop marks final_status
+        without one)."""
+        status = self.machine.last_status
+        return status is not None and status >= 200
+
     def _own_deadline(self) -> float:
-        if self.final_status:
+        if self.expired or (self.final_status and self._final_sent()):
             return math.inf
+        if self.final_status:  # dropped (t_drop): nothing goes up; it ends at its lifetime
+            return self.lifetime_deadline
         if not self.branches and not self.suspended:
             return min(self.no_branch_deadline, self.lifetime_deadline)
         return self.lifetime_deadline
 
     def _done(self) -> bool:
-        return (self.machine.terminated and not self._unstarted
-                and all(b.done.is_set() for b in self.branches))
+        if self._unstarted or self._unstarted_tasks:
+            return False
+        if not self.machine.terminated and not (self.expired and not self._final_sent()):
+            return False
+        return all(b.done.is_set() or b.lingering for b in self.branches)
 
     async def _expire(self, now: float) -> None:
         """The lifetime (Timer C / max_*_lifetime), or fr for a transaction that never
-        relayed (t_newtran, t_suspend) ran out: cancel what is pending, answer 408."""
+        relayed (t_newtran, t_suspend) ran out: cancel what is pending, answer 408.
+        Runs once: a transaction that still has no final afterwards (t_drop, a failure
+        route that neither replied nor relayed) ends without one."""
+        self.expired = True
+        self.cancel_waiting_routes("the transaction timed out")
         if self.final_status:
             return
         self.layer.stats["timeouts"] += 1
         for b in self.branches:
             if b.pending:
-                b.local_status = 408
-                b.timed_out = True
-                b.cancel()
+                # a local 408, and a CANCEL if it rang (§16.8); before, b.cancel() came
+                # after the 408 made the branch non-pending, so no CANCEL was ever sent
+                b.expire()
+                self._finalized.add(b)
+                self._last_final = b
         if self.branches:
             await self._complete()
         else:
@@ -409,7 +521,7 @@ class ServerTx:
             b = event.branch
             if event.kind == "reply" and event.response is not None:
                 await self._on_reply(b, event.response)
-            elif event.kind in ("timeout", "failed"):
+            elif event.kind in ("timeout", "failed") and b not in self._finalized:
                 await self._on_branch_final(b, None)
         elif isinstance(event, _Retransmission):
             self.layer.stats["req_retransmissions"] += 1
@@ -434,7 +546,8 @@ class ServerTx:
             await layer.core.run_route(route, rctx, RouteType.ONREPLY)
             dropped = rctx.drop
         if code < 200:
-            if code > 100 and not dropped and not self.final_status:
+            # not from a branch already settled locally (it is being CANCELled)
+            if code > 100 and not dropped and not self.final_status and not b.local_status:
                 if self._send_upstream(_upstream_bytes(resp), code):
                     layer.stats["rpl_relayed"] += 1
             return
@@ -444,9 +557,16 @@ class ServerTx:
                 layer.stats["rpl_relayed"] += 1
             self.cancel_branches(except_branch=b)
             return
+        if b in self._finalized:
+            # a late final on a branch settled locally (408 on fr, 487 after an
+            # unanswered CANCEL): §16.7 step 10, not forwarded, no second failure run
+            layer.stats["rpl_absorbed"] += 1
+            return
         await self._on_branch_final(b, resp)
 
     async def _on_branch_final(self, b: Branch, resp: SipResponse | None) -> None:
+        self._finalized.add(b)
+        self._last_final = b
         code = b.final_status
         if self.on_branch_failure is not None and code >= 300:
             rctx = self._reply_ctx(resp, b) if resp is not None else self._failure_ctx(b)
@@ -467,7 +587,10 @@ class ServerTx:
             route, self.on_failure = self.on_failure, None  # one run per arming
             self.failure_runs += 1
             best = self._best_branch()
-            fctx = self._failure_ctx(best)
+            # $T_branch_idx: the branch with the last final reply; the reply seen
+            # ($T_reply_code, t_check_status) is the winning one
+            fctx = self._failure_ctx(self._last_final or best)
+            fctx.reply = best.final if best is not None else None
             before = len(self.branches)
             await self.layer.core.run_route(route, fctx, RouteType.FAILURE)
             if self.final_status or len(self.branches) > before:
@@ -516,6 +639,8 @@ class ServerTx:
     def _relay_final(self, resp: SipResponse, code: int) -> None:
         if self._send_upstream(_upstream_bytes(resp), code):
             self.layer.stats["rpl_relayed"] += 1
+            if code >= 300:
+                self.final_to_tag = resp.to_tag
 
     def _reply_ctx(self, resp: SipResponse, b: Branch) -> MsgContext:
         rctx = MsgContext(resp, b.dest, b.transport, None, RouteType.ONREPLY, self.layer.core,
@@ -535,7 +660,12 @@ class ServerTx:
         """$T_reply_code: the reply being processed (reply routes), the winning reply
         (failure route), the last final sent (request route), 0 if none."""
         if ctx.route_type in (RouteType.ONREPLY, RouteType.CORE_REPLY, RouteType.BRANCH_FAILURE):
-            return ctx.msg.status if isinstance(ctx.msg, SipResponse) else 0
+            if isinstance(ctx.msg, SipResponse):
+                return ctx.msg.status
+            # a branch failure route for a local final (timeout): its 408/487/477
+            if 0 <= ctx.branch_index < len(self.branches):
+                return self.branches[ctx.branch_index].final_status
+            return 0
         if ctx.route_type == RouteType.FAILURE:
             best = self._best_branch()
             return best.final_status if best is not None else 0
@@ -572,18 +702,37 @@ class TransactionLayer:
         self.in_progress: Counter[AnyServerKey] = Counter()
         self._branch_ids = itertools.count(1)
         self._secret = os.urandom(4).hex()
+        #: INVITE branches that ended, by client key, until a late response to one is
+        #: no longer ours to answer (see ``branch_ended``); and the same keys in the
+        #: order they ended, for pruning
+        self._ended: dict[ClientKey, _EndedBranch] = {}
+        self._ended_order: deque[tuple[float, ClientKey]] = deque()
+        #: the same for server transactions (``_server_ended_now``)
+        self._server_ended: dict[AnyServerKey, _EndedServer] = {}
+        self._server_ended_order: deque[tuple[float, AnyServerKey]] = deque()
 
     # -- configuration ------------------------------------------------------------------
 
     def timers(self, s: TxSettings) -> TimerConfig:
         p = self.params
         wt = p.wt_timer / 1000
+        t1 = s.t1 if s.t1 is not None else p.retr_timer1 / 1000
+        t2 = s.t2 if s.t2 is not None else p.retr_timer2 / 1000
+        # A branch times out on fr/fr_inv and the transaction on its lifetime, as in
+        # Kamailio, which has no Timer B/F for branches: with RFC's 64*T1 here a
+        # t_set_fr above 32 s (or a t_set_retr T1 below 470 ms) would cut the branch
+        # at 64*T1 instead. So B and F lie beyond every fr and lifetime.
+        beyond = max(p.fr_timer, p.fr_inv_timer, p.max_inv_lifetime,
+                     p.max_noninv_lifetime) / 1000
+        beyond = max(beyond, s.fr or 0.0, s.fr_inv or 0.0, s.max_lifetime or 0.0) + 64 * t1
         return TimerConfig(
-            t1=s.t1 if s.t1 is not None else p.retr_timer1 / 1000,
-            t2=s.t2 if s.t2 is not None else p.retr_timer2 / 1000,
+            t1=t1,
+            # t_set_retr(5000, 0) must not make T2 < T1 (TimerConfig refuses it)
+            t2=max(t1, t2),
             t4=p.t4 / 1000,
             # Kamailio keeps a completed transaction for wt_timer, not RFC 3261's 64*T1
             d=wt, j=wt, l=wt, m=wt,
+            b=beyond, f=beyond,
         )
 
     def fr_for(self, method: str, s: TxSettings) -> float:
@@ -601,7 +750,10 @@ class TransactionLayer:
             return False
         tx = self.servers.get(key)
         if tx is None:
-            return False
+            return self._late_request(key, req)
+        if (isinstance(key, LegacyServerKey) and req.method != "ACK"
+                and not same_request_2543(tx.request, req)):
+            return False  # the RFC 2543 key leaves the To tag out: confirm (§17.2.3)
         if req.method == "ACK":
             if tx.absorbs_ack(req):
                 self.stats["ack_absorbed"] += 1
@@ -620,8 +772,64 @@ class TransactionLayer:
             return False
         target = self.clients.get(key)
         if target is None:
-            return False
+            return self._late_response(key, resp)
         return bool(target.deliver(resp))
+
+    def branch_ended(self, b: Branch) -> None:
+        """An INVITE branch's task ended: Timer D or M (wt here, Kamailio's linger, where
+        RFC 3261 wants D >= 32 s), or it was settled locally and cut when its
+        transaction ended. The callee may still retransmit its final until its Timer H
+        (64*T1), or answer late. For that long the branch is remembered, and a late
+        response is handled as the RFC's Completed ICT and §16.7 would:
+
+        * a 300-699 is ACKed again (the callee's Timer G stops) and absorbed: §16.7
+          step 10 "MUST NOT ... forward any other responses" once a final went up;
+          forwarded statelessly, as before, the caller got a second final (a 487 or
+          a 486 seconds after our 408 or after a 2xx);
+        * a 1xx of a branch that never had a final is answered with a CANCEL (the
+          branch gave up on it: Kamailio cancel_b_method 1), and absorbed;
+        * a 2xx is not ours: the core forwards it statelessly (§16.7 step 5).
+        """
+        if b.method != "INVITE" or not isinstance(b.machine, ClientInviteTransaction):
+            return
+        now = trio.current_time()
+        self._prune_ended(now)
+        until = now + max(64 * b.machine.timers.t1, 32.0)
+        self._ended[b.key] = _EndedBranch(until, b.machine, b.transport, b.dest,
+                                          b.final is not None or b.last_status >= 200)
+        self._ended_order.append((until, b.key))
+
+    def _prune_ended(self, now: float) -> None:
+        order = self._ended_order
+        while order and order[0][0] <= now:
+            until, key = order.popleft()
+            ended = self._ended.get(key)
+            if ended is not None and ended.until == until:
+                del self._ended[key]
+
+    def _late_response(self, key: ClientKey, resp: SipResponse) -> bool:
+        now = trio.current_time()
+        self._prune_ended(now)
+        ended = self._ended.get(key)
+        if ended is None or ended.until <= now or 200 <= resp.status < 300:
+            return False  # not ours (any more), or a 2xx: the core forwards it statelessly
+        self.stats["rpl_absorbed"] += 1
+        # like Timer D, restarted by each final: the callee retransmits for 64*T1
+        ended.until = max(ended.until, now + max(64 * ended.machine.timers.t1, 32.0))
+        self._ended_order.append((ended.until, key))
+        data: bytes | None = None
+        if resp.status >= 300:
+            ended.answered = True
+            try:
+                data = build_ack(ended.machine.request, resp)
+            except ValueError:
+                data = None
+        elif not ended.answered:
+            data = ended.machine.build_cancel()
+        if data is not None and self.nursery is not None:
+            self.stats["late_replies_answered"] += 1
+            self.nursery.start_soon(ended.transport.send, data, ended.dest)
+        return True
 
     def invite_for_cancel(self, cancel: SipRequest) -> ServerTx | None:
         try:
@@ -632,6 +840,64 @@ class TransactionLayer:
     def forget(self, tx: ServerTx) -> None:
         if self.servers.get(tx.key) is tx:
             del self.servers[tx.key]
+            self._server_ended_now(tx)
+
+    def _server_ended_now(self, tx: ServerTx) -> None:
+        """A server transaction left the table: Timer I/J/L, which are wt here
+        (Kamailio's linger) where RFC 3261/6026 keep the state 64*T1 for the client's
+        retransmissions (J, L) on unreliable transports. A copy of the request that
+        comes later (the client never got our final, an INVITE still retransmitted by
+        a caller that missed every 2xx copy) must not run the script again (a second
+        transaction, the callee gets a merged request and answers 482). So for 64*T1
+        (at least 32 s) the key is remembered with the final: a retransmitted request
+        gets the final again (absorbed silently after a 2xx, as RFC 6026 Accepted
+        does), the ACK of a non-2xx final is absorbed. The whole transaction still
+        lingers exactly wt."""
+        if tx.upstream.transport.reliable:
+            return  # no retransmissions on a reliable transport
+        m = tx.machine
+        status = m.last_status or 0
+        now = trio.current_time()
+        self._prune_server_ended(now)
+        # the client's Timer B/F run 64 of *its* T1: 32 s with the RFC's, whatever ours
+        until = now + max(64 * m.timers.t1, 32.0)
+        final = m.last_response if status >= 300 or (status >= 200 and tx.method != "INVITE") \
+            else None
+        self._server_ended[tx.key] = _EndedServer(
+            until, tx.request, final, tx.method == "INVITE" and status >= 300,
+            tx.final_to_tag or tx.to_tag, tx.upstream)
+        self._server_ended_order.append((until, tx.key))
+
+    def _prune_server_ended(self, now: float) -> None:
+        order = self._server_ended_order
+        while order and order[0][0] <= now:
+            until, key = order.popleft()
+            ended = self._server_ended.get(key)
+            if ended is not None and ended.until == until:
+                del self._server_ended[key]
+
+    def _late_request(self, key: AnyServerKey, req: SipRequest) -> bool:
+        now = trio.current_time()
+        self._prune_server_ended(now)
+        ended = self._server_ended.get(key)
+        if ended is None or ended.until <= now:
+            return False
+        legacy = isinstance(key, LegacyServerKey)
+        if req.method == "ACK":
+            if not ended.absorbs_ack or (
+                    legacy and not ack_matches_invite_2543(ended.request, ended.to_tag, req)):
+                return False  # the ACK of a 2xx: the script's
+            self.stats["ack_absorbed"] += 1
+            return True
+        if legacy and not same_request_2543(ended.request, req):
+            return False
+        self.stats["req_retransmissions"] += 1
+        u = ended.upstream
+        if ended.final is not None and self.nursery is not None:
+            self.stats["retransmissions"] += 1
+            self.nursery.start_soon(partial(u.transport.send, ended.final, u.dest,
+                                            conn_id=u.conn_id))
+        return True
 
     # -- what the exports call ---------------------------------------------------------------
 
@@ -680,6 +946,14 @@ class TransactionLayer:
         if tx.final_status:
             log.warning("t_relay: the transaction was already answered %d", tx.final_status)
             return -1
+        if tx.canceled:
+            # §16.10: no new branches once the caller CANCELled (Kamailio E_CANCELED)
+            ctx.last_error = 487
+            return -1
+        if tx.expired or trio.current_time() >= tx.lifetime_deadline:
+            # the lifetime is over: new branches would be expired at once
+            ctx.last_error = 408
+            return -1
         targets: list[tuple[str, str | None]] = []
         if target is not None:
             targets.append((req.current_uri, target))
@@ -693,8 +967,13 @@ class TransactionLayer:
             if self._make_branch(tx, ctx, uri, dst) is not None:
                 sent += 1
         if not sent:
-            if not flags & F_NO_INTERNAL_ERROR_REPLY and ctx.route_type != RouteType.REQUEST:
-                pass
+            if (ctx.route_type == RouteType.REQUEST and not flags & F_NO_INTERNAL_ERROR_REPLY
+                    and not tx.branches and not tx.final_status):
+                # Kamailio t_relay_to: kill_transaction() answers the error statefully.
+                # Without it the transaction, with no branch and no answer, gave a
+                # second final (408) at fr after the script's stateless error reply.
+                code = ctx.last_error or 500
+                tx.reply_local(code, reason_phrase(code))
             return -1
         return 1
 
@@ -783,6 +1062,31 @@ class TransactionLayer:
         return out
 
 
+@dataclass
+class _EndedServer:
+    """What ``TransactionLayer._server_ended_now`` keeps of a server transaction."""
+
+    until: float
+    request: SipRequest
+    #: what a retransmitted request is answered with (None: absorbed silently)
+    final: bytes | None
+    absorbs_ack: bool
+    to_tag: str
+    upstream: _Upstream
+
+
+@dataclass
+class _EndedBranch:
+    """What ``TransactionLayer.branch_ended`` keeps of an INVITE branch."""
+
+    until: float
+    machine: ClientInviteTransaction
+    transport: Transport
+    dest: Address
+    #: a final response came (a late 1xx is then a reordered one: no CANCEL)
+    answered: bool
+
+
 class _ReplicaOwner:
     """Stands in for a server transaction above a t_replicate() branch: nothing goes
     upstream, the branch's replies are only counted."""
@@ -794,6 +1098,8 @@ class _ReplicaOwner:
         self.settings = settings
         self.on_branch: str | None = None
         self.branches: list[Branch] = []
+        #: no task of ours waits on the branch: a lingering one ends at once
+        self.keeps_lingering_branches = False
 
     def fr_timeouts(self) -> tuple[float, float]:
         p = self.layer.params

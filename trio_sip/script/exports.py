@@ -14,11 +14,19 @@ from these declarations, so none of them can drift from the others.
         ...
 
     MODULE = sl.build()
+
+A module declares its management (MI) commands the same way; they are served by
+the management interface (trio_sip/mi/) over JSON-RPC and from Lua (``KSR.mi``)::
+
+    @sl.mi("sl.stats")
+    def sl_stats(params: dict[str, Any], ctx: MiContext) -> Any:
+        return {"200": ctx.core.stats["sent_replies"]}
 """
 
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -98,6 +106,33 @@ class Export:
 
 
 @dataclass(frozen=True, slots=True)
+class MiCommand:
+    """One management command (Kamailio RPC / OpenSIPS MI), e.g. ``tm.stats``.
+
+    ``func(params, ctx)`` gets the call's params and an ``trio_sip.mi.MiContext``
+    (``ctx.core`` is the server's proxy core) and returns JSON-able data; it may be
+    an ``async def`` (then ``is_async`` is true and the call is awaited under
+    ``timeout``). It raises ``trio_sip.mi.MiError`` (or ``InvalidParams``) to
+    answer a JSON-RPC error.
+
+    ``params`` names the parameters, in positional order: ``"name"`` is required,
+    ``"name?"`` optional, ``"*name"`` takes the rest (a list). With names declared,
+    positional and named calls are both accepted and ``func`` receives a dict of the
+    given ones (an unknown name, a missing required one or too many positional ones
+    is a -32602 error). ``None`` passes the raw params through (a list or a dict,
+    ``[]`` when absent).
+    """
+
+    name: str
+    func: Callable[..., Any]
+    doc: str = ""
+    is_async: bool = False
+    params: tuple[str, ...] | None = None
+    #: seconds an async command may take; None: the registry's default
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Module:
     """A module: a name (``""`` for the functions directly under ``KSR``) and its exports."""
 
@@ -106,6 +141,8 @@ class Module:
     exports: tuple[Export, ...]
     #: a dataclass type holding the module's params, set from ``[modparams.NAME]``
     params: type | None = None
+    #: management commands (trio_sip/mi/): served over JSON-RPC and by ``KSR.mi``
+    mi_commands: tuple[MiCommand, ...] = ()
 
     def export(self, name: str) -> Export | None:
         for e in self.exports:
@@ -122,6 +159,7 @@ class ModuleBuilder:
     doc: str
     params: type | None = None
     _exports: list[Export] = field(default_factory=list)
+    _mi: list[MiCommand] = field(default_factory=list)
 
     def export(
         self,
@@ -155,14 +193,44 @@ class ModuleBuilder:
         raise KeyError(of)
 
     def lua_export(self, name: str, source: str, *, doc: str, params: tuple[ParamType, ...] = (),
-                   ret: RetType = "none", routes: RouteType = ANY_ROUTE) -> None:
+                   ret: RetType = "none", routes: RouteType = ANY_ROUTE,
+                   min_args: int | None = None) -> None:
         """An export written in Lua (a function expression), e.g. ``KSR.x.exit``."""
         self._exports.append(
-            Export(name, _lua_only, params, None, ret, routes, False, source, doc)
+            Export(name, _lua_only, params, min_args, ret, routes, False, source, doc)
         )
 
+    def mi(
+        self,
+        name: str | None = None,
+        doc: str | None = None,
+        *,
+        params: tuple[str, ...] | None = None,
+        is_async: bool | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]:
+        """Declare a management command ``func(params, ctx)``; see :class:`MiCommand`.
+
+        ``name`` defaults to the function's name; a name without a dot is put in the
+        module's namespace (``"stats"`` in module ``htable`` is ``htable.stats``).
+        ``doc`` defaults to the docstring, ``is_async`` to whether ``func`` is an
+        ``async def``."""
+
+        def deco(func: F) -> F:
+            cmd = name or func.__name__
+            if "." not in cmd and self.name:
+                cmd = f"{self.name}.{cmd}"
+            waits = inspect.iscoroutinefunction(func) if is_async is None else is_async
+            text = (func.__doc__ or "").strip() if doc is None else doc
+            if any(c.name == cmd for c in self._mi):
+                raise ValueError(f"MI command {cmd} declared twice in module {self.name!r}")
+            self._mi.append(MiCommand(cmd, func, text, waits, params, timeout))
+            return func
+
+        return deco
+
     def build(self) -> Module:
-        return Module(self.name, self.doc, tuple(self._exports), self.params)
+        return Module(self.name, self.doc, tuple(self._exports), self.params, tuple(self._mi))
 
 
 def _lua_only(*_args: Any) -> Any:  # pragma: no cover - never called

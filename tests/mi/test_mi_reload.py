@@ -1,0 +1,198 @@
+"""app_lua.reload: atomic, refused when broken, and calls in flight finish on their old code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from mi_helpers import ROUTES_V, rewrite, sim_server
+
+from trio_sip.mi.registry import COMMAND_FAILED, INVALID_PARAMS, MiError
+from trio_sip.mi.reload import ReloadedEngine, older_engines
+from trio_sip.runtime.transactions import ServerTx
+from trio_sip.script.context import MsgContext
+from trio_sip.script.engine import ScriptEngine
+from trio_sip.script.exports import ModuleBuilder, RouteType
+from trio_sip.script.ops import SleepOp
+from trio_sip.sip.message import SipResponse
+
+#: core.py hands a waiting request route to its transaction with tx.spawn
+REQUEST_ROUTE_MAY_WAIT = hasattr(ServerTx, "spawn")
+
+
+async def test_reload_puts_the_new_routes_in_force(autojump_clock: Any, write_routes: Any) -> None:
+    path = write_routes(ROUTES_V.format(version="v1"))
+    async with sim_server(path) as env:
+        assert (await env.ask()).reason == "v1"
+        rewrite(path, ROUTES_V.format(version="v2"))
+        old = env.server.core.engine
+        result = await env.call("app_lua.reload")
+        assert result["generation"] == 2 and result["reloaded"] == path
+        assert env.server.core.engine is env.server.engine is not old
+        assert (await env.ask()).reason == "v2"
+        # and again: each reload is a new generation
+        rewrite(path, ROUTES_V.format(version="v3"))
+        assert (await env.call("app_lua.reload", [0]))["generation"] == 3
+        assert (await env.ask()).reason == "v3"
+        assert (await env.call("app_lua.list"))["scripts"][0]["version"] == 3
+        assert env.mi.stats["reloads"] == 2
+        with pytest.raises(MiError) as exc:
+            await env.call("app_lua.reload", [1])
+        assert exc.value.code == INVALID_PARAMS
+
+
+@pytest.mark.parametrize(("broken", "why"), [
+    ("function ksr_request_route(\n  KSR.sl.sl_send_reply(200, 'x')\nend\n", "routes.lua:2"),
+    ("error('refusing to load')\n", "refusing to load"),
+    ("function ksr_request_route()\n  KSR.nosuch.fn()\nend\n", "KSR.nosuch"),
+    ("function other()\nend\n", "no function ksr_request_route()"),
+])
+async def test_a_broken_reload_changes_nothing(autojump_clock: Any, write_routes: Any,
+                                               broken: str, why: str) -> None:
+    path = write_routes(ROUTES_V.format(version="v1"))
+    async with sim_server(path) as env:
+        old = env.server.core.engine
+        rewrite(path, broken)
+        with pytest.raises(MiError) as exc:
+            await env.call("app_lua.reload")
+        assert exc.value.code == COMMAND_FAILED
+        assert "reload failed, the old routes stay" in exc.value.message
+        assert why in exc.value.message
+        assert env.server.core.engine is old and env.server.engine is old
+        assert (await env.ask()).reason == "v1"
+        assert env.mi.stats["reload_errors"] == 1
+        assert (await env.call("app_lua.list"))["scripts"][0]["version"] == 1
+
+
+async def test_a_missing_routes_file_is_refused(autojump_clock: Any, write_routes: Any) -> None:
+    path = write_routes(ROUTES_V.format(version="v1"))
+    async with sim_server(path) as env:
+        rewrite(path, None)
+        with pytest.raises(MiError, match="routes file not found"):
+            await env.call("app_lua.reload")
+        assert (await env.ask()).reason == "v1"
+
+
+LAUNCHING = """
+VERSION = "{version}"
+function later()
+  local mine = VERSION
+  KSR.async.sleep(5)
+  KSR.pv.sets("$shv(done_" .. mine .. ")", VERSION .. ":" .. helper())
+end
+function helper() return "{version}-helper" end
+function ksr_request_route()
+  KSR.async.launch("later")
+  KSR.sl.sl_send_reply(200, VERSION)
+end
+"""
+
+
+async def test_a_wait_in_flight_finishes_on_its_old_code(autojump_clock: Any,
+                                                         write_routes: Any) -> None:
+    path = write_routes(LAUNCHING.format(version="v1"))
+    async with sim_server(path) as env:
+        shv = env.server.core.shv
+        assert (await env.ask()).reason == "v1"  # "later" now waits 5 s in v1's engine
+        await trio.sleep(1)
+        rewrite(path, LAUNCHING.format(version="v2"))
+        await env.call("app_lua.reload")
+        engine = env.server.core.engine
+        assert engine.pending_coroutines == 1 and len(older_engines(engine)) == 1
+        listing = await env.call("app_lua.list")
+        assert listing["older"] == [{"version": 1, "pending_coroutines": 1}]
+        assert (await env.ask()).reason == "v2"  # new requests run v2 at once
+        await trio.sleep(10)
+        # the old coroutine ended on v1's globals and functions, the new one on v2's
+        assert shv["done_v1"] == "v1:v1-helper"
+        assert shv["done_v2"] == "v2:v2-helper"
+        assert engine.pending_coroutines == 0
+        assert older_engines(engine) == []  # generation 1 was let go
+
+
+@pytest.mark.skipif(not REQUEST_ROUTE_MAY_WAIT,
+                    reason="the request route cannot wait yet: ServerTx.spawn (runtime/"
+                    "transactions.py, which core.py calls for a waiting request route) is "
+                    "missing")
+async def test_a_request_waiting_across_a_reload_finishes_on_its_old_code(
+        autojump_clock: Any, write_routes: Any) -> None:
+    routes = ('VERSION = "{version}"\n'
+              "function ksr_request_route()\n"
+              "  KSR.async.sleep(5)\n"
+              "  KSR.sl.send_reply(200, VERSION)\n"
+              "end\n")
+    path = write_routes(routes.format(version="v1"))
+    async with sim_server(path) as env:
+        start = len(env.uac.received)
+        await env.uac.send(env.uac.request("OPTIONS", "sip:bob@127.0.0.1"),
+                           env.server.address("udp"))
+        await trio.sleep(1)
+        rewrite(path, routes.format(version="v2"))
+        await env.call("app_lua.reload")
+        assert env.server.core.engine.pending_coroutines == 1
+        got = await env.uac.wait_for(lambda r: getattr(r.msg, "status", 0) == 200, start=start)
+        assert isinstance(got.msg, SipResponse) and got.msg.reason == "v1"
+        assert (await env.ask(status=200)).reason == "v2"
+        assert env.server.core.engine.pending_coroutines == 0
+
+
+# -- the engine side: resume and abandon go to the engine that made the coroutine ----------
+
+
+def _wait_module() -> Any:
+    b = ModuleBuilder("w", "test waits")
+
+    @b.export(("int",), is_async=True)
+    def wait(ctx: MsgContext, n: int) -> Any:
+        """Wait."""
+        return SleepOp(float(n))
+
+    return b.build()
+
+
+def _engine(source: str, previous: ScriptEngine | None = None) -> ScriptEngine:
+    mods = [_wait_module()]
+    e = ScriptEngine(mods) if previous is None else ReloadedEngine(mods, previous=previous)
+    e.load_string(source)
+    return e
+
+
+def _ctx() -> MsgContext:
+    return MsgContext(None, None, None, None, RouteType.REQUEST, None)  # type: ignore[arg-type]
+
+
+ROUTE = 'G = "{g}"\nfunction r() local x = G .. "-local" KSR.w.wait(1) return x .. "/" .. G end\n'
+
+
+def test_resume_and_abandon_are_routed_to_the_owning_generation() -> None:
+    e1 = _engine(ROUTE.format(g="one"))
+    s1 = e1.start(e1.function("r"), _ctx())
+    s1b = e1.start(e1.function("r"), _ctx())
+    assert s1.yielded and s1b.yielded
+    e2 = _engine(ROUTE.format(g="two"), previous=e1)
+    s2 = e2.start(e2.function("r"), _ctx())
+    assert s2.yielded
+    # one id space: no generation reuses another's coroutine ids
+    assert len({s1.co_id, s1b.co_id, s2.co_id}) == 3
+    assert e2.pending_coroutines == 3
+    e3 = _engine(ROUTE.format(g="three"), previous=e2)
+    assert older_engines(e3) == [e1, e2]
+    # the newest engine resumes each coroutine where it lives, on its own globals
+    done = e3.resume(s1.co_id, _ctx(), 1)
+    assert done.done and done.value == "one-local/one"
+    assert e3.resume(s2.co_id, _ctx(), 1).value == "two-local/two"
+    assert older_engines(e3) == [e1]  # generation 2 has nothing waiting any more
+    e3.abandon(s1b.co_id)
+    assert older_engines(e3) == [] and e3.pending_coroutines == 0
+    gone = e3.resume(s1.co_id, _ctx(), 1)
+    assert gone.failed and "gone" in str(gone.value)
+
+
+def test_an_older_engine_still_drives_its_own_coroutines() -> None:
+    e1 = _engine(ROUTE.format(g="one"))
+    s1 = e1.start(e1.function("r"), _ctx())
+    e2 = _engine(ROUTE.format(g="two"), previous=e1)
+    assert e1.resume(s1.co_id, _ctx(), 1).value == "one-local/one"  # a task holding e1
+    assert e2.pending_coroutines == 0
+    assert older_engines(e2) == []

@@ -1,0 +1,186 @@
+"""``trio-sip ctl``: call the management interface of a running server.
+
+::
+
+    trio-sip ctl tm.stats
+    trio-sip ctl stats.get_statistics core: tm:
+    trio-sip ctl app_lua.reload
+    trio-sip ctl --params '{"limit": 5}' tm.list
+    trio-sip ctl --list
+
+Positional params are JSON values when they read as one (``5``, ``true``,
+``{"a": 1}``) and strings otherwise; ``s:5`` forces the string ``"5"`` (kamcmd's
+convention). The server is ``--url``, else ``$TRIO_SIP_MI_URL``, else the
+``mi.listen`` of ``--config FILE``, else ``http://127.0.0.1:5099/``; the token is
+``--token``, else ``$TRIO_SIP_MI_TOKEN``, else ``mi.token`` of the config.
+
+The result is printed as indented JSON. Exit status: 0 success, 1 the server
+answered a JSON-RPC error, 2 usage, connection or HTTP errors.
+
+Plain blocking ``http.client``: one request per run, no event loop needed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import sys
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any, Final, TextIO
+
+from ..config import ConfigError, load_config, split_mi_listen
+
+__all__ = ["DEFAULT_URL", "CtlError", "RpcError", "call", "parse_param", "run_ctl"]
+
+DEFAULT_URL: Final = "http://127.0.0.1:5099/"
+EXIT_OK: Final = 0
+EXIT_RPC_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+
+
+class CtlError(Exception):
+    """Usage, connection or HTTP trouble (exit status 2)."""
+
+
+class RpcError(Exception):
+    """The server answered a JSON-RPC error (exit status 1)."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def parse_param(text: str) -> Any:
+    """A command-line param: ``s:...`` is a string; JSON if it parses; else a string."""
+    if text.startswith("s:"):
+        return text[2:]
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def url_from_listen(listen: str) -> str:
+    """The URL to reach a server listening on ``mi.listen`` (a wildcard address is
+    reached on loopback)."""
+    host, port = split_mi_listen(listen)
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def call(url: str, method: str, params: Any = None, *, token: str | None = None,
+         timeout: float = 40.0, request_id: int = 1) -> Any:
+    """One JSON-RPC call; returns the result, raises RpcError or CtlError."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CtlError(f"bad URL {url!r} (expected http://HOST:PORT/)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise CtlError(f"bad port in URL {url!r}") from None
+    conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
+                else http.client.HTTPConnection)
+    conn = conn_cls(parts.hostname, port, timeout=timeout)
+    request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": request_id}
+    if params is not None:
+        request["params"] = params
+    body = json.dumps(request).encode("utf-8")
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request("POST", parts.path or "/", body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else str(exc) or type(exc).__name__
+        raise CtlError(f"cannot reach the management interface at {url}: {why}") from None
+    finally:
+        conn.close()
+    if resp.status != 200:
+        text = data.decode("utf-8", "replace").strip()
+        raise CtlError(f"{url}: HTTP {resp.status} {resp.reason}" + (f": {text}" if text else ""))
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise CtlError(f"{url}: the reply is not JSON") from None
+    if not isinstance(reply, dict):
+        raise CtlError(f"{url}: unexpected reply {reply!r:.200}")
+    error = reply.get("error")
+    if isinstance(error, dict):
+        raise RpcError(int(error.get("code", 0)), str(error.get("message", "")),
+                       error.get("data"))
+    return reply.get("result")
+
+
+def _resolve(url: str | None, token: str | None, config: str | None) -> tuple[str, str | None]:
+    cfg_url: str | None = None
+    cfg_token: str | None = None
+    if config is not None:
+        cfg = load_config(config)
+        if cfg.mi.listen:
+            cfg_url = url_from_listen(cfg.mi.listen)
+        cfg_token = cfg.mi.token
+    final_url = url or os.environ.get("TRIO_SIP_MI_URL") or cfg_url or DEFAULT_URL
+    final_token = token or os.environ.get("TRIO_SIP_MI_TOKEN") or cfg_token
+    return final_url, final_token
+
+
+def run_ctl(method: str | None, params: Sequence[str], *, url: str | None = None,
+            token: str | None = None, config: str | None = None, raw_params: str | None = None,
+            list_methods: bool = False, timeout: float = 40.0,
+            out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``trio-sip ctl``: returns the exit status."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    try:
+        if list_methods:
+            if method is not None or params or raw_params is not None:
+                raise CtlError("--list takes no method or params")
+        elif method is None:
+            raise CtlError("name a method (trio-sip ctl --list shows them)")
+        if params and raw_params is not None:
+            raise CtlError("give the params either as arguments or with --params, not both")
+        value: Any = None
+        if raw_params is not None:
+            try:
+                value = json.loads(raw_params)
+            except ValueError as exc:
+                raise CtlError(f"--params is not JSON: {exc}") from None
+            if not isinstance(value, (list, dict)):
+                raise CtlError("--params must be a JSON array or object")
+        elif params:
+            value = [parse_param(p) for p in params]
+        target, secret = _resolve(url, token, config)
+        if list_methods:
+            commands = call(target, "mi.list", None, token=secret, timeout=timeout)
+            width = max((len(c.get("name", "")) for c in commands), default=0)
+            for c in commands:
+                doc = (c.get("doc") or "").strip().splitlines()
+                out.write(f"{c.get('name', ''):<{width}}  {doc[0] if doc else ''}".rstrip()
+                          + "\n")
+            return EXIT_OK
+        assert method is not None
+        result = call(target, method, value, token=secret, timeout=timeout)
+    except ConfigError as exc:
+        err.write(f"trio-sip ctl: {exc}\n")
+        return EXIT_USAGE
+    except CtlError as exc:
+        err.write(f"trio-sip ctl: {exc}\n")
+        return EXIT_USAGE
+    except RpcError as exc:
+        err.write(f"error {exc.code}: {exc.message}\n")
+        if exc.data is not None:
+            err.write(json.dumps(exc.data, indent=2, ensure_ascii=False) + "\n")
+        return EXIT_RPC_ERROR
+    out.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return EXIT_OK
