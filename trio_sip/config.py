@@ -512,6 +512,9 @@ class TmConfig(_Section):
     restart_fr_on_each_reply: bool = True
     auto_inv_100: bool = True
     t4: int = field(default=5000, metadata=_checks(_positive))
+    #: OpenSIPS minor_branch_flag: branches with this branch flag (0..31) are not waited
+    #: for and are cancelled when every other branch failed; -1 disables
+    minor_branch_flag: int = field(default=-1, metadata=_checks(_between(-1, 31)))
 
     def _check_together(self) -> None:
         # T2 caps the doubling of T1 (RFC 3261 §17.1.2.2): T1 above T2 would make

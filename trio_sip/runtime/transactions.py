@@ -577,9 +577,27 @@ class ServerTx:
             self.cancel_branches(except_branch=b)
         await self._complete()
 
+    def _is_minor(self, b: Branch) -> bool:
+        """OpenSIPS minor branches: a branch whose flags have tm's ``minor_branch_flag`` is
+        not waited for; when every other branch has failed it is cancelled."""
+        flag = self.layer.params.minor_branch_flag
+        return flag >= 0 and bool(b.flags & (1 << flag))
+
     async def _complete(self) -> None:
         """When every branch has a final response: failure route, else the best reply."""
-        if self.final_status or self._unstarted or self.pending_branches:
+        if self.final_status or self._unstarted:
+            return
+        pending = self.pending_branches
+        if pending:
+            if not all(self._is_minor(b) for b in pending):
+                return
+            if not any(not self._is_minor(b) for b in self.branches):
+                return  # only minor branches: they are waited for like any other
+            for b in pending:  # every major branch failed: the minor ones go too
+                b.cancel()
+                b.local_status = 487
+                self._finalized.add(b)
+        if any(200 <= (b.final_status or 0) < 300 for b in self.branches):
             return
         if any(200 <= (b.final_status or 0) < 300 for b in self.branches):
             return
@@ -598,6 +616,15 @@ class ServerTx:
         self._send_best()
 
     def _best_branch(self) -> Branch | None:
+        majors = [b for b in self.branches[self.dropped_before:] if not self._is_minor(b)]
+        if majors and len(majors) < len(self.branches[self.dropped_before:]):
+            idx = pick_best([(b.final_status, b.final is None) for b in majors],
+                            faked_reply_prio=self.layer.faked_reply_prio)
+            if idx is not None:
+                return majors[idx]
+        return self._best_of_all()
+
+    def _best_of_all(self) -> Branch | None:
         live = self.branches[self.dropped_before:]
         idx = pick_best([(b.final_status, b.final is None) for b in live],
                         faked_reply_prio=self.layer.faked_reply_prio)
@@ -954,18 +981,23 @@ class TransactionLayer:
             # the lifetime is over: new branches would be expired at once
             ctx.last_error = 408
             return -1
-        targets: list[tuple[str, str | None]] = []
+        targets: list[tuple[str, str | None, int]] = []
         if target is not None:
-            targets.append((req.current_uri, target))
+            targets.append((req.current_uri, target, ctx.bflags))
         else:
-            targets.append((req.current_uri, req.dst_uri))
+            targets.append((req.current_uri, req.dst_uri, ctx.bflags))
         for extra in ctx.branches:
-            targets.append((extra.uri, extra.dst_uri))
+            targets.append((extra.uri, extra.dst_uri, extra.flags))
         ctx.branches = []
         sent = 0
-        for uri, dst in targets:
-            if self._make_branch(tx, ctx, uri, dst) is not None:
-                sent += 1
+        for uri, dst, bflags in targets:
+            saved_bflags = ctx.bflags
+            ctx.bflags = bflags
+            try:
+                if self._make_branch(tx, ctx, uri, dst) is not None:
+                    sent += 1
+            finally:
+                ctx.bflags = saved_bflags
         if not sent:
             if (ctx.route_type == RouteType.REQUEST and not flags & F_NO_INTERNAL_ERROR_REPLY
                     and not tx.branches and not tx.final_status):
