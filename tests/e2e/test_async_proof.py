@@ -114,7 +114,7 @@ async def test_sipp_calls_anchored_on_rtpengine(rtpengine_daemon: Rtpengine) -> 
         async with Sipp("uas.xml", calls=calls, timeout=60, trace_msg=True).running() as uas:
             start = time.monotonic()
             result = await Sipp("uac.xml", remote=uas.port, via=proxy, rate=50, calls=calls,
-                                limit=200, timeout=60).run_async()
+                                limit=200, timeout=60, trace_msg=True).run_async()
             elapsed = time.monotonic() - start
             uas_result = await uas.wait()
         print(f"\n{calls} calls at 50 cps through rtpengine: {elapsed:.2f} s")
@@ -131,3 +131,12 @@ async def test_sipp_calls_anchored_on_rtpengine(rtpengine_daemon: Rtpengine) -> 
         anchored = [p for p in ports
                     if rtpengine_daemon.port_min <= p <= rtpengine_daemon.port_max]
         assert len(anchored) >= calls, (len(anchored), ports[:10])
+        # the caller saw rtpengine's ports in every answer too
+        answer_ports = [int(m) for m in re.findall(r"^m=audio (\d+) ", result.messages, re.M)]
+        rewritten = [p for p in answer_ports
+                     if rtpengine_daemon.port_min <= p <= rtpengine_daemon.port_max]
+        assert len(rewritten) >= calls, (len(rewritten), answer_ports[:10])
+        # and no session is left in rtpengine after the BYEs
+        client = rtpmod.client_for(server.core)
+        listed = await client.request({"command": "list"})
+        assert listed.get("calls") in ([], None), listed
