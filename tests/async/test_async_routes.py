@@ -170,3 +170,24 @@ async def test_async_route_runs_the_named_function_after_the_delay(autojump_cloc
         assert got.at - start == 1.5
         assert "not" not in server.core.shv
         nursery.cancel_scope.cancel()
+
+
+async def test_set_timeout_bounds_the_next_wait_only(autojump_clock, write_routes) -> None:
+    routes = write_routes(
+        "function ksr_request_route()\n"
+        "  if KSR.is_ACK() then return end\n"
+        "  KSR.async.set_timeout(300)\n"
+        "  local first = KSR.async.sleep(5)\n"
+        "  local second = KSR.async.ms_sleep(400)\n"
+        "  KSR.tm.t_reply(200, 'first ' .. first .. ' second ' .. second)\n"
+        "end\n")
+    async with SimNetwork(seed=7) as net, trio.open_nursery() as nursery:
+        await start_server(nursery, net, routes=routes)
+        uac = SimUA(net, UAC)
+        start = trio.current_time()
+        await uac.send(uac.request("OPTIONS", f"sip:bob@{UAS}"), PROXY)
+        final = await uac.expect_response(200)
+        assert final.reason == "first -2 second 1"  # the first wait gave up, not the second
+        got = next(r for r in uac.received if r.msg is final)
+        assert got.at - start == 0.7
+        nursery.cancel_scope.cancel()

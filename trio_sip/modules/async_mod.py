@@ -87,6 +87,16 @@ m.lua_export(
 )
 
 
+@m.export(("int",))
+def set_timeout(ctx: MsgContext, ms: int) -> int:
+    """Bound the route's next wait (any async function) to ``ms`` milliseconds, below the
+    function's own timeout; on expiry it returns -2 and the route goes on. Returns 1."""
+    if ms <= 0:
+        return -1
+    ctx.next_wait_timeout = ms / 1000
+    return 1
+
+
 @m.export(("str", "str", "str"), min_args=1)
 def launch(ctx: MsgContext, fn: str, report_fn: str = "", param: str = "") -> int:
     """Run the function ``fn`` as a detached task in the server's nursery (it may wait and

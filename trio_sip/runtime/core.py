@@ -326,7 +326,11 @@ class ProxyCore:
             log.error("a route yielded %r, which is not an operation", op)
             return -1
         self.stats["async_ops"] += 1
-        with trio.move_on_after(op.timeout if op.timeout is not None else math.inf) as scope:
+        timeout = op.timeout if op.timeout is not None else math.inf
+        if ctx.next_wait_timeout is not None:  # KSR.async.set_timeout(): this wait only
+            timeout = min(timeout, ctx.next_wait_timeout)
+            ctx.next_wait_timeout = None
+        with trio.move_on_after(timeout) as scope:
             try:
                 return await op.run(ctx)
             except trio.Cancelled:
@@ -337,7 +341,7 @@ class ProxyCore:
                 return -1
         if scope.cancelled_caught:
             self.stats["async_op_timeouts"] += 1
-            log.info("async operation %s timed out after %s s", op.name, op.timeout)
+            log.info("async operation %s timed out after %s s", op.name, timeout)
         return op.timeout_result
 
     async def _after(self, ctx: MsgContext, step: Step) -> None:

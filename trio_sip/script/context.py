@@ -78,6 +78,8 @@ class MsgContext:
     armed: dict[str, str] = field(default_factory=dict)
     #: per-transaction settings (t_set_fr...) made before the transaction exists
     tx_settings: Any = None
+    #: KSR.async.set_timeout(): the next wait of the route gives up after this (seconds)
+    next_wait_timeout: float | None = None
     #: the branch a reply/failure route is about ($T_branch_idx), -1 for none
     branch_index: int = -1
     #: status of the last internal failure, answered by sl_reply_error() (0: unknown -> 500)
