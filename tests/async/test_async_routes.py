@@ -191,3 +191,34 @@ async def test_set_timeout_bounds_the_next_wait_only(autojump_clock, write_route
         got = next(r for r in uac.received if r.msg is final)
         assert got.at - start == 0.7
         nursery.cancel_scope.cancel()
+
+
+async def test_branch_routes_may_wait(autojump_clock, write_routes) -> None:
+    routes = write_routes(
+        "function ksr_request_route()\n"
+        "  if KSR.is_CANCEL() or KSR.is_ACK() then KSR.tm.t_relay() return end\n"
+        "  local mark = 'm' .. KSR.pv.get('$cs')\n"
+        "  KSR.corex.append_branch_uri('sip:alice@127.0.0.4:5060')\n"
+        "  KSR.tm.t_on_branch('per_branch')\n"
+        "  local r = KSR.tm.t_relay()\n"
+        "  KSR.pv.sets('$shv(after_relay)', mark .. ':' .. r)\n"
+        "end\n"
+        "function per_branch()\n"
+        "  local idx = KSR.pv.get('$T_branch_idx')\n"
+        "  KSR.async.ms_sleep(300)\n"
+        "  KSR.hdr.append('X-Branch: ' .. idx .. '\\r\\n')\n"
+        "end\n")
+    async with SimNetwork(seed=8) as net, trio.open_nursery() as nursery:
+        server = await start_server(nursery, net, routes=routes)
+        uac, uas, uas2 = SimUA(net, UAC), SimUA(net, UAS), SimUA(net, Address("127.0.0.4", 5060))
+        start = trio.current_time()
+        await uac.send(uac.request("INVITE", f"sip:bob@{UAS}"), PROXY)
+        first = await uas.expect_request("INVITE")
+        second = await uas2.expect_request("INVITE")
+        assert first.msg.get("X-Branch") == "0"
+        assert second.msg.get("X-Branch") == "1"
+        assert first.at - start == 0.3 and second.at - start == 0.6  # each branch route waited
+        await trio.sleep(0.1)
+        assert server.core.shv["after_relay"] == "m1:1"  # the request route resumed after
+        assert server.engine.pending_coroutines == 0
+        nursery.cancel_scope.cancel()

@@ -40,45 +40,46 @@ def _layer(ctx: MsgContext) -> Any:
 # -- relaying ------------------------------------------------------------------------
 
 
-@m.export(routes=_RELAY_ROUTES)
-def t_relay(ctx: MsgContext) -> int:
+@m.export(routes=_RELAY_ROUTES, is_async=True)
+def t_relay(ctx: MsgContext) -> Any:
     """Relay statefully to $du or the R-URI, plus every appended branch (parallel forking).
-    Creates the transaction if needed (and sends 100 Trying for INVITE)."""
-    return int(_layer(ctx).relay(ctx))
+    Creates the transaction if needed (and sends 100 Trying for INVITE). Waits only when
+    an armed branch route waits."""
+    return _layer(ctx).relay(ctx)
 
 
-@m.export(("str",), routes=_RELAY_ROUTES)
-def t_relay_to_proxy(ctx: MsgContext, proxy: str) -> int:
+@m.export(("str",), routes=_RELAY_ROUTES, is_async=True)
+def t_relay_to_proxy(ctx: MsgContext, proxy: str) -> Any:
     """Relay statefully to "proto:host:port" (or "host:port"), keeping the R-URI."""
     target = _proxy_uri(proxy)
     if target is None:
         return -1
-    return int(_layer(ctx).relay(ctx, target))
+    return _layer(ctx).relay(ctx, target)
 
 
-@m.export(("int",), routes=_RELAY_ROUTES)
-def t_relay_to_flags(ctx: MsgContext, flags: int) -> int:
+@m.export(("int",), routes=_RELAY_ROUTES, is_async=True)
+def t_relay_to_flags(ctx: MsgContext, flags: int) -> Any:
     """t_relay with flags: 0x01 no 100 Trying, 0x02 no internal error reply, 0x04 no DNS
     failover."""
-    return int(_layer(ctx).relay(ctx, None, flags))
+    return _layer(ctx).relay(ctx, None, flags)
 
 
-@m.export(("str", "int"), routes=_RELAY_ROUTES)
-def t_relay_to_proxy_flags(ctx: MsgContext, proxy: str, flags: int) -> int:
+@m.export(("str", "int"), routes=_RELAY_ROUTES, is_async=True)
+def t_relay_to_proxy_flags(ctx: MsgContext, proxy: str, flags: int) -> Any:
     """t_relay_to_proxy with t_relay_to_flags flags."""
     target = _proxy_uri(proxy)
     if target is None:
         return -1
-    return int(_layer(ctx).relay(ctx, target, flags))
+    return _layer(ctx).relay(ctx, target, flags)
 
 
-@m.export(("str", "str", "int"), routes=_RELAY_ROUTES)
-def t_relay_to_proto_addr(ctx: MsgContext, proto: str, host: str, port: int) -> int:
+@m.export(("str", "str", "int"), routes=_RELAY_ROUTES, is_async=True)
+def t_relay_to_proto_addr(ctx: MsgContext, proto: str, host: str, port: int) -> Any:
     """Relay statefully to host:port over proto, keeping the R-URI."""
     target = _proxy_uri(f"{proto}:{host}:{port}")
     if target is None:
         return -1
-    return int(_layer(ctx).relay(ctx, target))
+    return _layer(ctx).relay(ctx, target)
 
 
 def _proxy_uri(proxy: str) -> str | None:

@@ -250,9 +250,10 @@ class ProxyCore:
             ctx.route_type = saved
         return step
 
-    def run_route_sync(self, name: str, ctx: MsgContext, route_type: RouteType) -> Step | None:
-        """Run a route that may not wait (branch routes run while t_relay builds the
-        branches); a wait there is a script error."""
+    def start_route(self, name: str, ctx: MsgContext, route_type: RouteType) -> Step | None:
+        """Start an armed route and run it until it ends or waits (branch routes start
+        while t_relay builds the branches: if one waits, t_relay yields and the branch is
+        finished when it is done). None when no such function exists (logged)."""
         fn = self.engine.function(name)
         if fn is None:
             log.error("armed route %s() does not exist in the routes", name)
@@ -261,17 +262,9 @@ class ProxyCore:
         saved = ctx.route_type
         ctx.route_type = route_type
         try:
-            step = self.engine.start(fn, ctx)
+            return self.engine.start(fn, ctx)
         finally:
             ctx.route_type = saved
-        if step.yielded:
-            self.engine.abandon(step.co_id)
-            log.error("%s(): a %s may not wait", name, route_type.label)
-            return Step(-1, "wait in a route that cannot wait", "", step.co_id)
-        if step.failed:
-            self.stats["script_errors"] += 1
-            log.error("route error: %s", step.traceback or step.value)
-        return step
 
     async def _finish(self, ctx: MsgContext, step: Step) -> None:
         """Drive a route coroutine to its end, flushing sends after each step.

@@ -64,7 +64,9 @@ from ..proxy.stateless import (
     via_line,
 )
 from ..script.context import MsgContext
+from ..script.engine import Step
 from ..script.exports import RouteType
+from ..script.ops import AsyncOp
 from ..sip.errors import BadMessage
 from ..sip.message import SipRequest, SipResponse
 from ..sip.reply import build_reply, generated_to_tag, reason_phrase
@@ -990,14 +992,17 @@ class TransactionLayer:
             targets.append((extra.uri, extra.dst_uri, extra.flags))
         ctx.branches = []
         sent = 0
-        for uri, dst, bflags in targets:
-            saved_bflags = ctx.bflags
-            ctx.bflags = bflags
-            try:
-                if self._make_branch(tx, ctx, uri, dst) is not None:
-                    sent += 1
-            finally:
-                ctx.bflags = saved_bflags
+        for i, (uri, dst, bflags) in enumerate(targets):
+            made = self._make_branch(tx, ctx, uri, dst, bflags)
+            if isinstance(made, _WaitingBranch):
+                # the branch route waits: t_relay yields, and the rest of the branches are
+                # made when it is done (RelayOp, in the transaction's task)
+                return RelayOp(self, tx, made, targets[i + 1:], sent, flags)  # type: ignore[return-value]
+            if made is not None:
+                sent += 1
+        return self._relay_result(tx, ctx, sent, flags)
+
+    def _relay_result(self, tx: ServerTx, ctx: MsgContext, sent: int, flags: int) -> int:
         if not sent:
             if (ctx.route_type == RouteType.REQUEST and not flags & F_NO_INTERNAL_ERROR_REPLY
                     and not tx.branches and not tx.final_status):
@@ -1009,65 +1014,73 @@ class TransactionLayer:
             return -1
         return 1
 
-    def _make_branch(self, tx: ServerTx, ctx: MsgContext, uri: str, dst: str | None
-                     ) -> Branch | None:
-        req = tx.request
-        mark = req.edit_mark()
-        saved = (req.new_uri, req.dst_uri, ctx.record_route, ctx.rr_params, ctx.drop)
-        req.new_uri = None if uri == req.ruri_text else uri
-        req.dst_uri = dst
-        branch_reply: str | None = None
-        saved_index = ctx.branch_index
-        ctx.branch_index = len(tx.branches)
+    def _make_branch(self, tx: ServerTx, ctx: MsgContext, uri: str, dst: str | None,
+                     bflags: int | None = None) -> Branch | _WaitingBranch | None:
+        """One branch: the branch route runs on the request with this branch's R-URI and
+        $du; what it changes is this branch's only (edits rolled back after). If the branch
+        route waits, a _WaitingBranch carries the state to finish it later."""
+        state = _BranchState.begin(tx, ctx, uri, dst, bflags)
+        waiting = False
         try:
+            step = None
             if tx.on_branch is not None:
                 ctx.drop = False
-                step = self.core.run_route_sync(tx.on_branch, ctx, RouteType.BRANCH)
-                branch_reply = ctx.armed.pop("branch_reply", None)
-                if ctx.drop or (step is not None and step.failed):
-                    self.stats["branches_dropped"] += 1
-                    return None
-            target = req.dst_uri or req.current_uri
-            try:
-                hop = target_of_uri(parse_uri_untrusted(target))
-            except BadMessage as exc:
-                log.warning("t_relay to %r: %s", target, exc.reason)
-                ctx.last_error = 400
-                return None
-            if not _is_ip(hop.host):
-                log.warning("t_relay to %s: host names need DNS resolution (not available)",
-                            hop.host)
-                ctx.last_error = 478
-                return None
-            transport = self.core.transport_for(hop.proto)
-            if transport is None:
-                log.warning("t_relay to %s: no %s transport", target, hop.proto)
-                ctx.last_error = 503
-                return None
-            dest = Address(hop.host, hop.port)
-            if not self.core.guard.allows(dest):
-                ctx.last_error = 477
-                return None
-            host, port = self.core.advertised(transport)
-            branch_id = f"z9hG4bK{self._secret}.{next(self._branch_ids)}"
-            first = req.headers[0].start if req.headers else req.headers_end
-            extra = [(first, first, (via_line(transport.proto, host, port, branch_id)
-                                     + "\r\n").encode("latin-1"), _VIA_SEQ)]
-            if ctx.record_route:
-                rr = record_route_line(transport.proto, host, port, ctx.rr_params) + "\r\n"
-                extra.append((first, first, rr.encode("latin-1"), _VIA_SEQ + 1))
-            data = req.to_bytes(extra)
-            b = Branch(tx, len(tx.branches), req.current_uri, dest, transport, data, branch_id,
-                       self.timers(tx.settings), trio.current_time())
-            b.on_reply = branch_reply
-            b.flags = ctx.bflags
-            tx.add_branch(b)
-            return b
+                step = self.core.start_route(tx.on_branch, ctx, RouteType.BRANCH)
+                if step is not None and step.yielded:
+                    waiting = True
+                    return _WaitingBranch(state, step)
+            return self._finish_branch(tx, ctx, step)
         finally:
-            ctx.branch_index = saved_index
-            req.rollback(mark)
-            req.new_uri, req.dst_uri = saved[0], saved[1]
-            ctx.record_route, ctx.rr_params, ctx.drop = saved[2], saved[3], saved[4]
+            if not waiting:
+                state.restore()
+
+    def _finish_branch(self, tx: ServerTx, ctx: MsgContext, step: Step | None
+                       ) -> Branch | None:
+        """The part of _make_branch after the branch route: route the branch and build it."""
+        req = tx.request
+        branch_reply = ctx.armed.pop("branch_reply", None)
+        if step is not None and step.failed:
+            self.core.stats["script_errors"] += 1
+            log.error("branch route error: %s", step.traceback or step.value)
+        if ctx.drop or (step is not None and step.failed):
+            self.stats["branches_dropped"] += 1
+            return None
+        target = req.dst_uri or req.current_uri
+        try:
+            hop = target_of_uri(parse_uri_untrusted(target))
+        except BadMessage as exc:
+            log.warning("t_relay to %r: %s", target, exc.reason)
+            ctx.last_error = 400
+            return None
+        if not _is_ip(hop.host):
+            log.warning("t_relay to %s: host names need DNS resolution (not available)",
+                        hop.host)
+            ctx.last_error = 478
+            return None
+        transport = self.core.transport_for(hop.proto)
+        if transport is None:
+            log.warning("t_relay to %s: no %s transport", target, hop.proto)
+            ctx.last_error = 503
+            return None
+        dest = Address(hop.host, hop.port)
+        if not self.core.guard.allows(dest):
+            ctx.last_error = 477
+            return None
+        host, port = self.core.advertised(transport)
+        branch_id = f"z9hG4bK{self._secret}.{next(self._branch_ids)}"
+        first = req.headers[0].start if req.headers else req.headers_end
+        extra = [(first, first, (via_line(transport.proto, host, port, branch_id)
+                                 + "\r\n").encode("latin-1"), _VIA_SEQ)]
+        if ctx.record_route:
+            rr = record_route_line(transport.proto, host, port, ctx.rr_params) + "\r\n"
+            extra.append((first, first, rr.encode("latin-1"), _VIA_SEQ + 1))
+        data = req.to_bytes(extra)
+        b = Branch(tx, len(tx.branches), req.current_uri, dest, transport, data, branch_id,
+                   self.timers(tx.settings), trio.current_time())
+        b.on_reply = branch_reply
+        b.flags = ctx.bflags
+        tx.add_branch(b)
+        return b
 
     def replicate(self, ctx: MsgContext, uri: str) -> int:
         """t_replicate: a stateful copy of the request to ``uri``; its replies are counted
@@ -1117,6 +1130,84 @@ class _EndedBranch:
     dest: Address
     #: a final response came (a late 1xx is then a reordered one: no CANCEL)
     answered: bool
+
+
+@dataclass
+class _BranchState:
+    """What _make_branch changes on the request and its context for one branch, to put
+    back afterwards (at once, or after a branch route that waited)."""
+
+    ctx: MsgContext
+    req: SipRequest
+    mark: int
+    saved: tuple[Any, ...]
+
+    @classmethod
+    def begin(cls, tx: Any, ctx: MsgContext, uri: str, dst: str | None,
+              bflags: int | None) -> _BranchState:
+        req = tx.request
+        state = cls(ctx, req, req.edit_mark(),
+                    (req.new_uri, req.dst_uri, ctx.record_route, ctx.rr_params, ctx.drop,
+                     ctx.branch_index, ctx.bflags))
+        req.new_uri = None if uri == req.ruri_text else uri
+        req.dst_uri = dst
+        ctx.branch_index = len(tx.branches)
+        if bflags is not None:
+            ctx.bflags = bflags
+        return state
+
+    def restore(self) -> None:
+        ctx, req, saved = self.ctx, self.req, self.saved
+        req.rollback(self.mark)
+        req.new_uri, req.dst_uri = saved[0], saved[1]
+        ctx.record_route, ctx.rr_params, ctx.drop = saved[2], saved[3], saved[4]
+        ctx.branch_index, ctx.bflags = saved[5], saved[6]
+
+
+@dataclass
+class _WaitingBranch:
+    state: _BranchState
+    step: Step
+
+
+class RelayOp(AsyncOp):
+    """t_relay when a branch route waits: drive that branch route to its end, finish the
+    branch, make the remaining ones (their branch routes may wait too), then resume the
+    route that called t_relay with t_relay's result."""
+
+    name = "t_relay"
+
+    def __init__(self, layer: TransactionLayer, tx: ServerTx, waiting: _WaitingBranch,
+                 rest: list[tuple[str, str | None, int]], sent: int, flags: int) -> None:
+        self.layer, self.tx, self.waiting, self.rest = layer, tx, waiting, rest
+        self.sent, self.flags = sent, flags
+
+    async def run(self, ctx: MsgContext) -> Any:
+        layer, tx = self.layer, self.tx
+        sent = self.sent
+        waiting: _WaitingBranch | None = self.waiting
+        todo = list(self.rest)
+        while waiting is not None:
+            state = waiting.state
+            outer = ctx.route_type
+            ctx.route_type = RouteType.BRANCH
+            try:
+                step = await layer.core._drive(ctx, waiting.step)
+                if layer._finish_branch(tx, ctx, step) is not None:
+                    sent += 1
+            finally:
+                ctx.route_type = outer
+                state.restore()
+            waiting = None
+            while todo:
+                uri, dst, bflags = todo.pop(0)
+                made = layer._make_branch(tx, ctx, uri, dst, bflags)
+                if isinstance(made, _WaitingBranch):
+                    waiting = made
+                    break
+                if made is not None:
+                    sent += 1
+        return layer._relay_result(tx, ctx, sent, self.flags)
 
 
 class _ReplicaOwner:

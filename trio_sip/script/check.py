@@ -1378,7 +1378,7 @@ def _concatenation(e: Expr) -> bool:
 
 #: route types where a route cannot wait (runtime/core.py: the core reply route runs in
 #: the receive loop, branch routes while t_relay builds the branches)
-_NO_WAIT: Final = R.BRANCH | R.CORE_REPLY
+_NO_WAIT: Final = R.CORE_REPLY
 #: functions that arm another function by name: (module, function) -> [(argument index,
 #: route type it will run in, None: the caller's own route types)]
 _ARMING: Final[dict[tuple[str, str], tuple[tuple[int, RouteType | None], ...]]] = {
