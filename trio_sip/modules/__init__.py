@@ -8,6 +8,7 @@ from ..script.exports import Module
 def builtin_modules() -> list[Module]:
     """Every module shipped with trio-sip, in KSR order."""
     from . import (
+        app_lua,
         async_mod,
         core,
         corex,
@@ -32,5 +33,5 @@ def builtin_modules() -> list[Module]:
         core.MODULE, core.X_MODULE, pv.MODULE, hdr.MODULE, sl.MODULE, rr.MODULE,
         maxfwd.MODULE, sanity.MODULE, siputils.MODULE, corex.MODULE, kx.MODULE,
         tm.MODULE, tmx.MODULE, async_mod.MODULE, rtpengine.MODULE, registrar.MODULE,
-        usrloc.MODULE, htable.MODULE, mi.MODULE, mi.JSONRPCS_MODULE,
+        usrloc.MODULE, htable.MODULE, mi.MODULE, mi.JSONRPCS_MODULE, app_lua.MODULE,
     ]

@@ -6,6 +6,13 @@ after every listener is bound and the routes are loaded. It also serves the
 management interface (``[mi]``, trio_sip/mi/): ``server.registry`` holds the
 commands, ``server.mi`` (also ``core.mi``) is what they run with, and
 ``server.mi_address`` is where JSON-RPC is served (None when not served).
+Module lifecycle hooks (script/exports.py): every module's ``init(core)`` runs
+once the core (and its modparams) exists, awaited when async, before the server
+reports started; then every ``child_init(core)`` (one worker process: right after
+init); on graceful stop every ``shutdown(core)``, in reverse order, each bounded by
+``SHUTDOWN_TIMEOUT``. Modules come from :func:`default_modules`: the built-in
+ones, then third-party ones from the ``trio_sip.modules`` entry points
+(modules/loader.py).
 ``run(config)`` is what ``trio-sip run`` calls: it serves until SIGINT/SIGTERM, then stops
 gracefully. ``check(config)`` loads everything without binding and returns the
 problems it found (``trio-sip check``).
@@ -13,6 +20,7 @@ problems it found (``trio-sip check``).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -28,9 +36,10 @@ from ..mi.registry import MiContext, MiRegistry
 from ..mi.reload import ReloadedEngine
 from ..modules import builtin_modules
 from ..modules import mi as mi_module
+from ..modules.loader import load_modules
 from ..script.check import Problem, RouteCheckError, check_routes, format_problem
 from ..script.engine import ScriptEngine, ScriptError
-from ..script.exports import Module
+from ..script.exports import Hook, Module
 from ..transport.base import Address, MessageHandler, Transport
 from ..transport.guard import LoopbackGuard
 from ..transport.tcp import TcpTransport
@@ -38,6 +47,9 @@ from ..transport.udp import UdpTransport
 from .core import ProxyCore
 
 log = logging.getLogger("trio_sip.server")
+
+#: seconds each module's shutdown hook may take on a graceful stop
+SHUTDOWN_TIMEOUT = 5.0
 
 
 @dataclass
@@ -64,12 +76,58 @@ class Server:
 
 
 def default_modules() -> list[Module]:
-    """The modules a server loads: the built-in ones, and KSR.mi / KSR.jsonrpcs (the
-    management interface from routes) if they are not among them yet."""
+    """The modules a server loads: the built-in ones, KSR.mi / KSR.jsonrpcs (the
+    management interface from routes) if they are not among them yet, then the
+    third-party ones (entry points ``trio_sip.modules``; a name clash or a module
+    failing to import raises ModuleLoadError, a ScriptError)."""
     mods = builtin_modules()
     names = {m.name for m in mods}
     mods += [m for m in (mi_module.MODULE, mi_module.JSONRPCS_MODULE) if m.name not in names]
-    return mods
+    return load_modules(mods)
+
+
+async def _call_hook(hook: Hook, core: ProxyCore) -> None:
+    result = hook(core)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def run_init_hooks(modules: Sequence[Module], core: ProxyCore) -> list[Module]:
+    """Every module's ``init`` then every ``child_init``; a failure raises ScriptError
+    naming the module, after shutting down the modules whose init ran. Returns the
+    modules (to shut down later)."""
+    inited: list[Module] = []
+    for stage in ("init", "child_init"):
+        for mod in modules:
+            hook: Hook | None = getattr(mod, stage)
+            try:
+                if hook is not None:
+                    await _call_hook(hook, core)
+            except Exception as exc:
+                await run_shutdown_hooks(inited, core)
+                raise ScriptError(f"module {mod.name or 'core'!r}: {stage} failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            if stage == "init":
+                inited.append(mod)
+    return inited
+
+
+async def run_shutdown_hooks(modules: Sequence[Module], core: ProxyCore,
+                             seconds: float = SHUTDOWN_TIMEOUT) -> None:
+    """Every module's ``shutdown``, in reverse order, each bounded by ``seconds`` and
+    shielded from the cancellation that stops the server; errors are logged."""
+    for mod in reversed(modules):
+        if mod.shutdown is None:
+            continue
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(seconds) as scope:
+                try:
+                    await _call_hook(mod.shutdown, core)
+                except Exception:
+                    log.exception("module %r: shutdown failed", mod.name)
+            if scope.cancelled_caught:
+                log.warning("module %r: shutdown took more than %.1fs, abandoned",
+                            mod.name, seconds)
 
 
 def build_engine(config: Config, modules: Sequence[Module] | None = None, *,
@@ -143,6 +201,16 @@ async def serve(
     server.mi = MiContext(core, server.registry, server)
     core.mi = server.mi  # read by KSR.mi (modules/mi.py)
     serve_http = bool(config.mi.listen) and (mi if mi is not None else transports is None)
+    started = await run_init_hooks(list(engine.modules.values()), core)
+    try:
+        await _serve(config, server, transports, serve_http, task_status)
+    finally:
+        await run_shutdown_hooks(started, core)
+
+
+async def _serve(config: Config, server: Server, transports: TransportFactory | None,
+                 serve_http: bool, task_status: trio.TaskStatus[Server]) -> None:
+    core, engine, guard = server.core, server.engine, server.guard
     async with trio.open_nursery() as nursery:
         core.tm.nursery = nursery
         if transports is not None:

@@ -211,7 +211,10 @@ class ServerTx:
         self.running = False
         self.finished = trio.Event()
         self.started_at = now
+        #: t_suspend (tmx): waiting for a t_continue; bounded by fr like t_newtran
         self.suspended = False
+        #: t_continue already ran (tmx): a second one is refused
+        self.continued = False
         self.failure_runs = 0
         #: replies of previous serial legs are kept (t_drop_replies drops them)
         self.dropped_before = 0
@@ -485,7 +488,9 @@ class ServerTx:
             return math.inf
         if self.final_status:  # dropped (t_drop): nothing goes up; it ends at its lifetime
             return self.lifetime_deadline
-        if not self.branches and not self.suspended:
+        # no branch yet (t_newtran, a route that waits, t_suspend): fr bounds it, and
+        # _expire answers 408 then; a suspended transaction is no exception
+        if not self.branches:
             return min(self.no_branch_deadline, self.lifetime_deadline)
         return self.lifetime_deadline
 
@@ -723,6 +728,8 @@ class TransactionLayer:
         self.core = core
         self.params = params
         self.servers: dict[AnyServerKey, ServerTx] = {}
+        #: the same transactions by $T(id_index), for t_continue (tmx)
+        self.by_index: dict[int, ServerTx] = {}
         self.clients: dict[Any, Any] = {}
         self.stats: Counter[str] = Counter()
         self.nursery: trio.Nursery | None = None
@@ -867,6 +874,8 @@ class TransactionLayer:
             return None
 
     def forget(self, tx: ServerTx) -> None:
+        if self.by_index.get(tx.index) is tx:
+            del self.by_index[tx.index]
         if self.servers.get(tx.key) is tx:
             del self.servers[tx.key]
             self._server_ended_now(tx)
@@ -940,6 +949,7 @@ class TransactionLayer:
         key = server_key(req)
         tx = ServerTx(self, ctx, key, trio.current_time(), ctx.tx_settings)
         self.servers[key] = tx
+        self.by_index[tx.index] = tx
         ctx.transaction = tx
         self.stats["UAS_transactions"] += 1
         auto_100 = tx.settings.auto_inv_100

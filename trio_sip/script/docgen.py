@@ -1,6 +1,7 @@
 """Generate the KSR API reference (docs/ksr-reference.md) from the export tables.
 
     python -m trio_sip.script.docgen > docs/ksr-reference.md
+    python -m trio_sip.script.docgen --all   # with installed third-party modules
 
 A test compares the committed file with this output, so the reference cannot
 drift from what the server exports.
@@ -61,10 +62,15 @@ def render(modules: Iterable[Module]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The built-in modules; with ``--all`` also the installed third-party ones
+    (entry points ``trio_sip.modules``, modules/loader.py)."""
     from ..modules import builtin_modules
+    from ..modules.loader import load_modules
 
-    sys.stdout.write(render(builtin_modules()))
+    args = sys.argv[1:] if argv is None else argv
+    mods = load_modules(builtin_modules()) if "--all" in args else builtin_modules()
+    sys.stdout.write(render(mods))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,20 @@ the management interface (trio_sip/mi/) over JSON-RPC and from Lua (``KSR.mi``):
     @sl.mi("sl.stats")
     def sl_stats(params: dict[str, Any], ctx: MiContext) -> Any:
         return {"200": ctx.core.stats["sent_replies"]}
+
+Lifecycle hooks (Kamailio ``mod_init`` / ``child_init`` / ``destroy``), each
+``hook(core)`` with the server's proxy core, plain or ``async def``::
+
+    @sl.on_init
+    async def sl_init(core: Any) -> None:      # once at start, modparams built
+        ...
+
+``init`` runs once when the server starts, after the modparams are built
+(``core.modparams``) and before it reports started (an async hook is awaited);
+an exception refuses to start. ``child_init`` runs per worker process: trio-sip
+has a single process, so it runs once, right after every module's ``init``.
+``shutdown`` runs on graceful stop, in reverse module order, each bounded by a
+timeout (runtime/server.py ``SHUTDOWN_TIMEOUT``); its errors are logged.
 """
 
 from __future__ import annotations
@@ -34,6 +48,9 @@ from typing import Any, Literal, TypeVar
 ParamType = Literal["int", "str", "any", "func"]
 F = TypeVar("F", bound=Callable[..., Any])
 RetType = Literal["int", "bool", "xval", "str", "none"]
+#: a lifecycle hook: ``hook(core)``, returning None or an awaitable
+Hook = Callable[[Any], Any]
+H = TypeVar("H", bound=Hook)
 
 
 class RouteType(enum.IntFlag):
@@ -143,6 +160,10 @@ class Module:
     params: type | None = None
     #: management commands (trio_sip/mi/): served over JSON-RPC and by ``KSR.mi``
     mi_commands: tuple[MiCommand, ...] = ()
+    #: lifecycle hooks ``hook(core)``, plain or async (see the module docstring)
+    init: Hook | None = None
+    child_init: Hook | None = None
+    shutdown: Hook | None = None
 
     def export(self, name: str) -> Export | None:
         for e in self.exports:
@@ -158,8 +179,26 @@ class ModuleBuilder:
     name: str
     doc: str
     params: type | None = None
+    init: Hook | None = None
+    child_init: Hook | None = None
+    shutdown: Hook | None = None
     _exports: list[Export] = field(default_factory=list)
     _mi: list[MiCommand] = field(default_factory=list)
+
+    def on_init(self, func: H) -> H:
+        """Decorator: the module's ``init(core)`` hook."""
+        self.init = func
+        return func
+
+    def on_child_init(self, func: H) -> H:
+        """Decorator: the module's ``child_init(core)`` hook."""
+        self.child_init = func
+        return func
+
+    def on_shutdown(self, func: H) -> H:
+        """Decorator: the module's ``shutdown(core)`` hook."""
+        self.shutdown = func
+        return func
 
     def export(
         self,
@@ -230,7 +269,8 @@ class ModuleBuilder:
         return deco
 
     def build(self) -> Module:
-        return Module(self.name, self.doc, tuple(self._exports), self.params, tuple(self._mi))
+        return Module(self.name, self.doc, tuple(self._exports), self.params, tuple(self._mi),
+                      self.init, self.child_init, self.shutdown)
 
 
 def _lua_only(*_args: Any) -> Any:  # pragma: no cover - never called
