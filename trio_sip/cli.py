@@ -139,7 +139,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ctl.add_argument("--url", metavar="URL",
                      help="the management interface (default: $TRIO_SIP_MI_URL, else"
-                     " mi.listen of --config, else http://127.0.0.1:5099/)")
+                     " mi.listen of --config, else http://127.0.0.1:8090/)")
     ctl.add_argument("--token", metavar="TOKEN",
                      help="bearer token (default: $TRIO_SIP_MI_TOKEN, else mi.token of --config)")
     ctl.add_argument("--config", "-c", metavar="FILE",

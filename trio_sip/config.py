@@ -544,7 +544,7 @@ _TOKEN68_RE: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 def split_mi_listen(text: str) -> tuple[str, int]:
-    """Split ``mi.listen`` (``127.0.0.1:5099``, ``[::1]:5099``) into an IP literal
+    """Split ``mi.listen`` (``127.0.0.1:8090``, ``[::1]:8090``) into an IP literal
     (IPv6 without brackets) and a port (0: the OS chooses). ValueError says the rule."""
     match = _HOSTPORT_RE.fullmatch(text.strip())
     if match is None or match["port"] is None:
@@ -557,7 +557,7 @@ def split_mi_listen(text: str) -> tuple[str, int]:
     if match["v6"] is not None and address.version != 6:
         raise ValueError(f"brackets are for IPv6 addresses, not {host!r}")
     if match["v6"] is None and address.version == 6:
-        raise ValueError("IPv6 goes in brackets, as in [::1]:5099")
+        raise ValueError("IPv6 goes in brackets, as in [::1]:8090")
     port = int(match["port"])
     if not 0 <= port <= 65535:
         raise ValueError(f"PORT must be 0..65535, not {port}")
@@ -596,7 +596,7 @@ class MiConfig(_Section):
 
     SECTION: ClassVar[str] = "mi"
 
-    listen: str = field(default="127.0.0.1:5099", metadata=_checks(_mi_listen))
+    listen: str = field(default="127.0.0.1:8090", metadata=_checks(_mi_listen))
     token: str | None = field(default=None, metadata=_checks(_optional(_token)))
     max_body_size: int = field(default=1 << 20, metadata=_checks(_between(1024, 64 << 20)))
     timeout: float = field(default=10.0, metadata=_checks(_positive))

@@ -11,7 +11,7 @@
 Positional params are JSON values when they read as one (``5``, ``true``,
 ``{"a": 1}``) and strings otherwise; ``s:5`` forces the string ``"5"`` (kamcmd's
 convention). The server is ``--url``, else ``$TRIO_SIP_MI_URL``, else the
-``mi.listen`` of ``--config FILE``, else ``http://127.0.0.1:5099/``; the token is
+``mi.listen`` of ``--config FILE``, else ``http://127.0.0.1:8090/``; the token is
 ``--token``, else ``$TRIO_SIP_MI_TOKEN``, else ``mi.token`` of the config.
 
 The result is printed as indented JSON. Exit status: 0 success, 1 the server
@@ -35,7 +35,7 @@ from ..config import ConfigError, load_config, split_mi_listen
 
 __all__ = ["DEFAULT_URL", "CtlError", "RpcError", "call", "parse_param", "run_ctl"]
 
-DEFAULT_URL: Final = "http://127.0.0.1:5099/"
+DEFAULT_URL: Final = "http://127.0.0.1:8090/"
 EXIT_OK: Final = 0
 EXIT_RPC_ERROR: Final = 1
 EXIT_USAGE: Final = 2
