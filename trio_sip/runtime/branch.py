@@ -109,13 +109,16 @@ class Branch:
         self.transport = transport
         self.data = data
         self.branch_id = branch_id
-        req = parse_message_untrusted(data, stream=transport.reliable)
+        # The machine keeps the request for what it is (method, identity); the bytes it sends
+        # and builds ACK/CANCEL from are ``data``, parsed by it only if it ever needs them.
+        # Parsing ``data`` here again for every branch cost a whole parse per branch.
+        req = tx.request
         self.method = tx.method
         self.machine: ClientInviteTransaction | ClientNonInviteTransaction
         if self.method == "INVITE":
-            self.machine = ClientInviteTransaction(req, data, transport.reliable, timers, now)  # type: ignore[arg-type]
+            self.machine = ClientInviteTransaction(req, data, transport.reliable, timers, now)
         else:
-            self.machine = ClientNonInviteTransaction(req, data, transport.reliable, timers, now)  # type: ignore[arg-type]
+            self.machine = ClientNonInviteTransaction(req, data, transport.reliable, timers, now)
         self.key: ClientKey = client_key_for_request(branch_id, self.method)
         self.inbox_send, self.inbox = trio.open_memory_channel[SipResponse](64)
         #: highest status received (0: none), and the final response once there is one
