@@ -120,6 +120,21 @@ def record_route_line(proto: str, host: str, port: int, params: str = "") -> str
     return f"Record-Route: <sip:{h}:{port}{transport};lr{params}>"
 
 
+def remove_top_via(resp: SipResponse) -> None:
+    """Record the removal of the top via-parm (ours) before a response goes upstream
+    (§16.7 step 3): the whole Via line when it holds only that one, else the via-parm and
+    the comma after it. Uses the top Via the parser already located; nothing is re-parsed."""
+    via = resp.via1
+    first = next((i for i, h in enumerate(resp.headers) if h.key == "via"), None)
+    if via is None or first is None:
+        return
+    h = resp.headers[first]
+    if via.end >= len(h.value):  # the only via-parm of the line
+        resp.remove_header_at(first)
+    else:  # via.end is the comma that ends it
+        resp.replace_span(h.value_start + via.start, h.value_start + via.end + 1, "")
+
+
 @dataclass(frozen=True, slots=True)
 class NextHop:
     proto: str  # "udp" | "tcp" | ...

@@ -38,6 +38,7 @@ from ..log import current_call_id
 from ..proxy.stateless import (
     NextHop,
     record_route_line,
+    remove_top_via,
     reply_destination,
     response_next_hop,
     stateless_branch,
@@ -56,7 +57,7 @@ from ..sip.parser import parse_message_untrusted
 from ..sip.reply import build_reply, build_reply_from_lines, reason_phrase
 from ..sip.uri import parse_uri_untrusted
 from ..transaction.matching import server_key
-from ..transport.base import Address, Transport
+from ..transport.base import Address, Transport, is_ip_literal
 from ..transport.guard import LoopbackGuard
 from .transactions import TransactionLayer
 
@@ -434,7 +435,7 @@ class ProxyCore:
         return self._send_request(ctx, req, hop, target)
 
     def _send_request(self, ctx: MsgContext, req: SipRequest, hop: NextHop, target: str) -> int:
-        if not _is_ip(hop.host):
+        if not is_ip_literal(hop.host):
             log.warning("forward to %s: host names need DNS resolution (not available)", hop.host)
             self.stats["fwd_errors"] += 1
             ctx.last_error = 478  # Kamailio E_BAD_ADDRESS: "Unresolvable destination"
@@ -480,25 +481,12 @@ class ProxyCore:
             # we were the last hop: a reply to a request we originated statelessly
             self.stats["drop_replies"] += 1
             return
-        first = next(h for h in resp.headers if h.key == "via")
-        vias_in_first = resp.vias[: len(_vias_of(first.value))]
-        if len(vias_in_first) <= 1:
-            resp.remove_header_at(resp.headers.index(first))
-        else:
-            # several via-parms in the first Via line: remove ours and its comma
-            second = vias_in_first[1]
-            resp.replace_span(first.value_start + via.start, first.value_start + second.start, "")
+        remove_top_via(resp)
         ctx.outbox.append((hop.proto, Address(hop.host, hop.port), resp.to_bytes(), None))
         self.stats["fwd_replies"] += 1
 
     def statistics(self) -> Mapping[str, int]:
         return dict(self.stats)
-
-
-def _vias_of(value: str) -> list[Any]:
-    from ..sip.headers import parse_via_list_untrusted
-
-    return parse_via_list_untrusted(value)
 
 
 def _server_key_or_none(req: SipRequest) -> Any:
@@ -510,14 +498,6 @@ def _server_key_or_none(req: SipRequest) -> Any:
 
 def _is_zero(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _is_unspecified(host: str) -> bool:

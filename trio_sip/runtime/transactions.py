@@ -59,6 +59,7 @@ from ..log import current_call_id
 from ..proxy.forking import challenge_header_name, pick_best, upstream_status
 from ..proxy.stateless import (
     record_route_line,
+    remove_top_via,
     reply_destination,
     target_of_uri,
     via_line,
@@ -95,7 +96,7 @@ from ..transaction.matching import (
     same_request_2543,
     server_key,
 )
-from ..transport.base import Address, Transport
+from ..transport.base import Address, Transport, is_ip_literal
 from .branch import Branch, BranchEvent
 
 if TYPE_CHECKING:
@@ -708,16 +709,7 @@ class ServerTx:
 
 def _upstream_bytes(resp: SipResponse) -> bytes:
     """The response without our (top) Via, as it goes upstream."""
-    first = next((i for i, h in enumerate(resp.headers) if h.key == "via"), None)
-    if first is not None:
-        h = resp.headers[first]
-        from ..sip.headers import parse_via_list_untrusted
-
-        vias = parse_via_list_untrusted(h.value)
-        if len(vias) <= 1:
-            resp.remove_header_at(first)
-        else:
-            resp.replace_span(h.value_start + vias[0].start, h.value_start + vias[1].start, "")
+    remove_top_via(resp)
     return resp.to_bytes()
 
 
@@ -1062,7 +1054,7 @@ class TransactionLayer:
             log.warning("t_relay to %r: %s", target, exc.reason)
             ctx.last_error = 400
             return None
-        if not _is_ip(hop.host):
+        if not is_ip_literal(hop.host):
             log.warning("t_relay to %s: host names need DNS resolution (not available)",
                         hop.host)
             ctx.last_error = 478
@@ -1256,11 +1248,3 @@ class _ReplicaOwner:
             self.layer.stats["replicate_replies"] += 1
 
 
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
