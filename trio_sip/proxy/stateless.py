@@ -13,7 +13,6 @@ change or where to send; nothing here sends, sleeps or reads a clock.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -22,6 +21,7 @@ from ..sip.errors import BadMessage
 from ..sip.headers import NameAddr, Via
 from ..sip.message import SipRequest, SipResponse
 from ..sip.uri import URI, parse_uri_untrusted
+from ..transport.base import parse_ip
 
 MAGIC_COOKIE: Final = "z9hG4bK"
 
@@ -30,10 +30,12 @@ IsMyself = Callable[[str, "int | None", str], bool]
 
 
 def _same_ip(a: str, b: str) -> bool:
-    try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
+    if a == b:
+        return True
+    ia, ib = parse_ip(a), parse_ip(b)
+    if ia is None or ib is None:
         return a.lower() == b.lower()
+    return ia == ib
 
 
 def via_received_edit(

@@ -147,10 +147,30 @@ def address_from_sockaddr(sockaddr: object) -> Address:
     return Address(host, port)
 
 
+#: bounded memo of :func:`parse_ip` (a proxy sees few distinct hosts, but a hostile
+#: peer could make us see many: the memo is cleared when it reaches this size)
+_IP_MEMO_MAX = 4096
+_ip_memo: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address | None] = {}
+
+
+def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``ipaddress.ip_address(host)``, or None when ``host`` is not an IP literal; memoized
+    (the guard, the Via ``received`` check and the transports ask for the same few hosts on
+    every message, and ``ip_address`` costs microseconds)."""
+    try:
+        return _ip_memo[host]
+    except KeyError:
+        pass
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if len(_ip_memo) >= _IP_MEMO_MAX:
+        _ip_memo.clear()
+    _ip_memo[host] = ip
+    return ip
+
+
 def is_ip_literal(host: str) -> bool:
     """True for an IPv4/IPv6 literal: the only hosts a transport sends to (no DNS here)."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return parse_ip(host) is not None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from trio_sip.transport.base import Address
+from trio_sip.transport.base import Address, parse_ip
 
 __all__ = ["LoopbackGuard", "is_loopback_host"]
 
@@ -30,9 +30,8 @@ _MAX_REMEMBERED = 4096
 
 def is_loopback_host(host: str) -> bool:
     """True for an IP literal in 127.0.0.0/8, ::1, or ::ffff:127.0.0.0/104."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    ip = parse_ip(host)
+    if ip is None:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped.is_loopback
