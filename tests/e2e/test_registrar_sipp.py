@@ -20,6 +20,7 @@ from tests.support.ports import free_port_both
 from tests.support.sipp import Sipp
 from tests.usrloc.helpers import ensure_modules
 from trio_sip.config import Config, config_from_dict
+from trio_sip.modules.usrloc import usrloc_for
 from trio_sip.runtime.server import Server, serve
 from trio_sip.sip.message import SipResponse
 from trio_sip.sip.parser import parse_message_untrusted
@@ -133,9 +134,15 @@ async def test_calls_still_reach_the_uas_after_a_restart(tmp_path: Path) -> None
             ok = await udp_register(port, "dave", f"sip:dave@127.0.0.1:{uas.port}")
             assert ok.status == 200
             assert stored(tmp_path) == [("dave", f"sip:dave@127.0.0.1:{uas.port}")]
+        # a new server on the same SQLite file: the binding is loaded from it
         async with running_registrar(tmp_path, port) as server:
             assert server.core.stats["script_errors"] == 0
+            looked = usrloc_for(server.core).lookup("location", "dave")
+            assert looked is not None
+            assert [c["Address"] for c in looked] == [f"sip:dave@127.0.0.1:{uas.port}"]
             result = await Sipp("uac.xml", remote=port, service="dave", rate=10, calls=2,
                                 timeout=30).run_async()
             assert result.ok, result.describe()
-        await uas.wait()
+            assert result.successful == 2
+        uas_result = await uas.wait()
+    assert uas_result.successful == 2, uas_result.describe()

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import trio
+
 from ..script.context import MsgContext
 from ..script.exports import ModuleBuilder
 from ..script.ops import SleepOp
@@ -95,6 +97,13 @@ def set_timeout(ctx: MsgContext, ms: int) -> int:
         return -1
     ctx.next_wait_timeout = ms / 1000
     return 1
+
+
+@m.export()
+def now_ms(ctx: MsgContext) -> int:
+    """trio-sip: the server's monotonic clock in milliseconds (Trio's clock: virtual time
+    in tests), for one deadline across several waits (``$Ts`` is the wall clock)."""
+    return int(trio.current_time() * 1000)
 
 
 @m.export(("str", "str", "str"), min_args=1)
