@@ -9,7 +9,9 @@ commands, ``server.mi`` (also ``core.mi``) is what they run with, and
 Module lifecycle hooks (script/exports.py): every module's ``init(core)`` runs
 once the core (and its modparams) exists, awaited when async, before the server
 reports started; then every ``child_init(core)`` (one worker process: right after
-init); on graceful stop every ``shutdown(core)``, in reverse order, each bounded by
+init); once the listeners are bound, every module's service (``service(core,
+task_status=...)``, a task in the server's nursery: rtimer's timers, a queue's
+writer); on graceful stop every ``shutdown(core)``, in reverse order, each bounded by
 ``SHUTDOWN_TIMEOUT``. Modules come from :func:`default_modules`: the built-in
 ones, then third-party ones from the ``trio_sip.modules`` entry points
 (modules/loader.py).
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .. import __version__
-from ..config import Config
+from ..config import Config, ConfigError
 from ..mi.commands import build_registry
 from ..mi.http import serve_mi
 from ..mi.registry import MiContext, MiRegistry
@@ -39,7 +41,8 @@ from ..modules import mi as mi_module
 from ..modules.loader import load_modules
 from ..script.check import Problem, RouteCheckError, check_routes, format_problem
 from ..script.engine import ScriptEngine, ScriptError
-from ..script.exports import Hook, Module
+from ..script.exports import Hook, Module, RouteType
+from ..script.modparams import build_modparams
 from ..transport.base import Address, MessageHandler, Transport
 from ..transport.guard import LoopbackGuard
 from ..transport.tcp import TcpTransport
@@ -130,6 +133,53 @@ async def run_shutdown_hooks(modules: Sequence[Module], core: ProxyCore,
                             mod.name, seconds)
 
 
+class _ServiceStatus:
+    """The task_status a module's service gets: remembers whether it reported started."""
+
+    def __init__(self, status: trio.TaskStatus[None]) -> None:
+        self._status = status
+        self.started_ = False
+
+    def started(self, value: None = None) -> None:
+        self.started_ = True
+        self._status.started(value)
+
+
+async def _run_service(mod: Module, core: ProxyCore, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """A module's service (script/exports.py): an error before it reports started refuses
+    to start the server (a ScriptError naming the module); after, it is logged and ends
+    this service only."""
+    assert mod.service is not None
+    status = _ServiceStatus(task_status)
+    try:
+        await mod.service(core, task_status=status)
+    except Exception as exc:
+        if not status.started_:
+            raise ScriptError(f"module {mod.name!r}: service failed to start: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        log.exception("module %r: its service stopped", mod.name)
+    if not status.started_:  # returned without starting: nothing to wait for
+        status.started()
+
+
+def config_routes(modules: Sequence[Module], config: Config
+                  ) -> list[tuple[str, RouteType, str]]:
+    """The functions the modparams name as routes (rtimer's ``exec``), from each params
+    object's ``route_functions()``: ``(name, route type, config key)``. Modparams that
+    do not build give none here (the core reports them when it starts)."""
+    try:
+        params = build_modparams(modules, config.modparams)
+    except ConfigError:
+        return []
+    out: list[tuple[str, RouteType, str]] = []
+    for inst in params.values():
+        fn = getattr(inst, "route_functions", None)
+        if callable(fn):
+            out.extend(fn())
+    return out
+
+
 def build_engine(config: Config, modules: Sequence[Module] | None = None, *,
                  previous: ScriptEngine | None = None) -> ScriptEngine:
     """A script engine with the routes loaded; raises ScriptError on a broken script.
@@ -152,6 +202,7 @@ def build_engine(config: Config, modules: Sequence[Module] | None = None, *,
     problems = check_routes(
         config.lua.routes, mods, request_route=config.lua.request_route,
         reply_route=config.lua.reply_route, lua_path=config.lua.path,
+        config_routes=config_routes(mods, config),
     )
     errors: list[Problem] = []
     for p in problems:
@@ -211,40 +262,53 @@ async def serve(
 async def _serve(config: Config, server: Server, transports: TransportFactory | None,
                  serve_http: bool, task_status: trio.TaskStatus[Server]) -> None:
     core, engine, guard = server.core, server.engine, server.guard
-    async with trio.open_nursery() as nursery:
-        core.tm.nursery = nursery
-        if transports is not None:
-            for t in transports(core.on_message, guard):
-                core.add_transport(t)
-                server.transports.append(t)
-        else:
-            for spec in config.core.listen:
-                local = Address(spec.host, spec.port)
-                listener: UdpTransport | TcpTransport
-                if spec.proto == "udp":
-                    listener = UdpTransport(local, core.on_message, guard,
-                                            queue_size=config.core.udp_queue_size,
-                                            max_message_size=config.core.max_message_size)
+    # Module services (rtimer's timers, mqueue's writer...) run in a nursery of their own
+    # around the transaction layer's: they outlive every transaction, and the layer's
+    # nursery holds transactions and listeners only (tests assert it empties).
+    async with trio.open_nursery() as services:
+        try:
+            async with trio.open_nursery() as nursery:
+                core.tm.nursery = nursery
+                if transports is not None:
+                    for t in transports(core.on_message, guard):
+                        core.add_transport(t)
+                        server.transports.append(t)
                 else:
-                    listener = TcpTransport(local, core.on_message, guard,
-                                            max_message_size=config.core.max_message_size,
-                                            max_connections=config.core.tcp_max_connections,
-                                            idle_timeout=config.core.tcp_idle_timeout,
-                                            connect_timeout=config.core.tcp_connect_timeout)
-                await nursery.start(listener.serve)
-                core.add_transport(listener)
-                server.transports.append(listener)
-        if serve_http:
-            server.mi_address = await nursery.start(serve_mi, server)
-        log.info(
-            "trio-sip %s listening on %s (routes %s, %s)", __version__,
-            ", ".join(f"{t.proto}:{t.local}" for t in server.transports),
-            config.lua.routes, engine.implementation,
-        )
-        if config.core.loopback_only:
-            log.info("loopback-only guard is on: sends to non-loopback addresses are refused")
-        task_status.started(server)
-        await trio.sleep_forever()
+                    for spec in config.core.listen:
+                        local = Address(spec.host, spec.port)
+                        listener: UdpTransport | TcpTransport
+                        if spec.proto == "udp":
+                            listener = UdpTransport(
+                                local, core.on_message, guard,
+                                queue_size=config.core.udp_queue_size,
+                                max_message_size=config.core.max_message_size)
+                        else:
+                            listener = TcpTransport(
+                                local, core.on_message, guard,
+                                max_message_size=config.core.max_message_size,
+                                max_connections=config.core.tcp_max_connections,
+                                idle_timeout=config.core.tcp_idle_timeout,
+                                connect_timeout=config.core.tcp_connect_timeout)
+                        await nursery.start(listener.serve)
+                        core.add_transport(listener)
+                        server.transports.append(listener)
+                if serve_http:
+                    server.mi_address = await nursery.start(serve_mi, server)
+                for mod in engine.modules.values():
+                    if mod.service is not None:
+                        await services.start(_run_service, mod, core)
+                log.info(
+                    "trio-sip %s listening on %s (routes %s, %s)", __version__,
+                    ", ".join(f"{t.proto}:{t.local}" for t in server.transports),
+                    config.lua.routes, engine.implementation,
+                )
+                if config.core.loopback_only:
+                    log.info("loopback-only guard is on: "
+                             "sends to non-loopback addresses are refused")
+                task_status.started(server)
+                await trio.sleep_forever()
+        finally:
+            services.cancel_scope.cancel()
 
 
 async def _serve_until_signal(config: Config) -> None:
@@ -292,12 +356,21 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 def check(config: Config) -> list[str]:
     """``trio-sip check``: load the routes and report problems (empty list: all good).
 
-    The list holds the errors, one ``file:line:col: error: ...`` each (the command exits
-    1 when it is not empty); warnings are logged by :func:`build_engine`."""
+    The list holds the errors: a ``[modparams.*]`` value the modules refuse (the
+    ``config error: KEY = VALUE: RULE`` the server would stop on), then the routes'
+    problems, one ``file:line:col: error: ...`` each (the command exits 1 when it is not
+    empty); warnings are logged by :func:`build_engine`."""
+    problems: list[str] = []
+    try:
+        build_modparams(default_modules(), config.modparams)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    except ScriptError as exc:  # a third-party module that does not load
+        return [str(exc)]
     try:
         build_engine(config)
     except RouteCheckError as exc:
-        return [format_problem(p) for p in exc.problems]
+        problems += [format_problem(p) for p in exc.problems]
     except ScriptError as exc:
-        return [str(exc)]
-    return []
+        problems.append(str(exc))
+    return problems

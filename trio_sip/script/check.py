@@ -1416,6 +1416,8 @@ class _Checker:
     request_route: str
     reply_route: str
     files: list[_FileInfo]
+    #: functions the config names as routes: (name, route type, where it is named)
+    config_routes: Sequence[tuple[str, RouteType, str]] = ()
     problems: list[Problem] = field(default_factory=list)
 
     def add(self, file: str, line: int, col: int, message: str,
@@ -1501,6 +1503,13 @@ class _Checker:
             f = self._unique(name)
             if f is not None:
                 self.seeds.append(_Seed(f, rtype, f"{rtype.label} entry point"))
+        for name, rtype, origin in self.config_routes:
+            if name not in self.defs:
+                self._missing(main, 1, 1, f"{origin} names {name}(), which is not defined")
+                continue
+            f = self._unique(name)
+            if f is not None:
+                self.seeds.append(_Seed(f, rtype, f"{rtype.label}, named by {origin}"))
 
     def _missing(self, file: str, line: int, col: int, message: str) -> None:
         why = self._open()
@@ -1786,9 +1795,14 @@ def check_routes(
     request_route: str = "ksr_request_route",
     reply_route: str = "ksr_reply_route",
     lua_path: Iterable[str] = (),
+    config_routes: Iterable[tuple[str, RouteType, str]] = (),
 ) -> list[Problem]:
     """Check the routes file ``path`` (and the Lua files it ``require``s from ``lua_path``
     and the packaged lua/ directory) against the export tables of ``modules``.
+
+    ``config_routes`` are the functions the config names as routes (rtimer's
+    ``exec``): ``(name, route type, where it is named)``; each must exist, and is checked
+    in that route type.
 
     Returns the problems sorted by file and position; severity "error" for what will
     certainly fail at run time, "warning" for what may."""
@@ -1828,6 +1842,6 @@ def check_routes(
                 continue
             files.append(sub)
             queue.append(sub)
-    checker = _Checker(mods, request_route, reply_route, files)
+    checker = _Checker(mods, request_route, reply_route, files, tuple(config_routes))
     return sorted(set(problems) | set(checker.run()),
                   key=lambda p: (p.file != path, p.file, p.line, p.column, p.message))

@@ -35,13 +35,26 @@ an exception refuses to start. ``child_init`` runs per worker process: trio-sip
 has a single process, so it runs once, right after every module's ``init``.
 ``shutdown`` runs on graceful stop, in reverse module order, each bounded by a
 timeout (runtime/server.py ``SHUTDOWN_TIMEOUT``); its errors are logged.
+
+A module that needs long-running tasks (Kamailio's timer and worker processes:
+rtimer's timers, a queue's writer) declares a *service*, started in the server's
+nursery once the listeners are bound, with Trio's start protocol::
+
+    @sl.on_service
+    async def sl_service(core: Any, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        ...                       # set up; an exception here refuses to start
+        task_status.started()
+        await trio.sleep_forever()  # cancelled when the server stops
+
+An exception after ``started()`` is logged and ends that service only, never the
+server.
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -51,6 +64,9 @@ RetType = Literal["int", "bool", "xval", "str", "none"]
 #: a lifecycle hook: ``hook(core)``, returning None or an awaitable
 Hook = Callable[[Any], Any]
 H = TypeVar("H", bound=Hook)
+#: a module service: ``async def service(core, *, task_status)`` (Trio start protocol)
+Service = Callable[..., Awaitable[None]]
+S = TypeVar("S", bound=Service)
 
 
 class RouteType(enum.IntFlag):
@@ -164,6 +180,8 @@ class Module:
     init: Hook | None = None
     child_init: Hook | None = None
     shutdown: Hook | None = None
+    #: a long-running task in the server's nursery (see the module docstring)
+    service: Service | None = None
 
     def export(self, name: str) -> Export | None:
         for e in self.exports:
@@ -182,6 +200,7 @@ class ModuleBuilder:
     init: Hook | None = None
     child_init: Hook | None = None
     shutdown: Hook | None = None
+    service: Service | None = None
     _exports: list[Export] = field(default_factory=list)
     _mi: list[MiCommand] = field(default_factory=list)
 
@@ -198,6 +217,11 @@ class ModuleBuilder:
     def on_shutdown(self, func: H) -> H:
         """Decorator: the module's ``shutdown(core)`` hook."""
         self.shutdown = func
+        return func
+
+    def on_service(self, func: S) -> S:
+        """Decorator: the module's service ``async def service(core, *, task_status)``."""
+        self.service = func
         return func
 
     def export(
@@ -233,10 +257,11 @@ class ModuleBuilder:
 
     def lua_export(self, name: str, source: str, *, doc: str, params: tuple[ParamType, ...] = (),
                    ret: RetType = "none", routes: RouteType = ANY_ROUTE,
-                   min_args: int | None = None) -> None:
-        """An export written in Lua (a function expression), e.g. ``KSR.x.exit``."""
+                   min_args: int | None = None, is_async: bool = False) -> None:
+        """An export written in Lua (a function expression), e.g. ``KSR.x.exit``.
+        ``is_async``: it calls an async export (documented and checked as waiting)."""
         self._exports.append(
-            Export(name, _lua_only, params, min_args, ret, routes, False, source, doc)
+            Export(name, _lua_only, params, min_args, ret, routes, is_async, source, doc)
         )
 
     def mi(
@@ -270,7 +295,7 @@ class ModuleBuilder:
 
     def build(self) -> Module:
         return Module(self.name, self.doc, tuple(self._exports), self.params, tuple(self._mi),
-                      self.init, self.child_init, self.shutdown)
+                      self.init, self.child_init, self.shutdown, self.service)
 
 
 def _lua_only(*_args: Any) -> Any:  # pragma: no cover - never called
