@@ -228,7 +228,7 @@ def test_unknown_section_is_named() -> None:
 
 def test_unknown_section_lists_known_ones() -> None:
     error = error_of({"zzz": {}})
-    assert error.rule == "unknown section (known: core, lua, tm, mi, modparams)"
+    assert error.rule == "unknown section (known: core, lua, tm, mi, dns, modparams)"
 
 
 @pytest.mark.parametrize(

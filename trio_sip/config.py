@@ -66,6 +66,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "CoreConfig",
+    "DnsConfig",
     "ListenSpec",
     "LuaConfig",
     "MiConfig",
@@ -276,10 +277,13 @@ def split_hostport(text: str) -> tuple[str, int | None]:
 _Check = Callable[[str, Any], None]
 
 
-def _checks(*checks: _Check, path: bool = False) -> dict[str, object]:
-    """Field metadata: the checks to run, and whether the value is a file path
-    (relative paths in a config file are then taken from the file's directory)."""
-    return {"checks": checks, "path": path}
+def _checks(*checks: _Check, path: bool = False, runtime: bool = False) -> dict[str, object]:
+    """Field metadata: the checks to run, whether the value is a file path
+    (relative paths in a config file are then taken from the file's directory), and
+    whether it may change while the server runs (``runtime``: ``cfg.set`` over the
+    management interface, trio_sip/mi/cfg.py; the code reading it must read it at
+    each use, never keep a copy)."""
+    return {"checks": checks, "path": path, "runtime": runtime}
 
 
 def _at_least(low: float) -> _Check:
@@ -445,7 +449,7 @@ class CoreConfig(_Section):
     tcp_connect_timeout: float = field(default=5.0, metadata=_checks(_positive))
     server_header: str = field(default="trio-sip", metadata=_checks(_no_control_chars))
     log_level: str = field(
-        default="info", metadata=_checks(_one_of(tuple(LEVELS), _LOG_LEVEL_RULE))
+        default="info", metadata=_checks(_one_of(tuple(LEVELS), _LOG_LEVEL_RULE), runtime=True)
     )
     data_dir: str = field(default="var", metadata=_checks(_not_empty, path=True))
 
@@ -498,23 +502,27 @@ class TmConfig(_Section):
     provisional came, ``wt_timer`` keeps a completed transaction to absorb
     retransmissions, and ``max_*_lifetime`` cap a transaction whatever replies
     keep restarting its timers.
+
+    Every ``[tm]`` value can be changed while the server runs (``cfg.set tm fr_timer
+    10000``); a transaction takes them when it is created and keeps them, so a
+    change applies to new transactions only.
     """
 
     SECTION: ClassVar[str] = "tm"
 
-    fr_timer: int = field(default=30000, metadata=_checks(_positive))
-    fr_inv_timer: int = field(default=120000, metadata=_checks(_positive))
-    wt_timer: int = field(default=5000, metadata=_checks(_positive))
-    retr_timer1: int = field(default=500, metadata=_checks(_positive))
-    retr_timer2: int = field(default=4000, metadata=_checks(_positive))
-    max_inv_lifetime: int = field(default=180000, metadata=_checks(_positive))
-    max_noninv_lifetime: int = field(default=32000, metadata=_checks(_positive))
-    restart_fr_on_each_reply: bool = True
-    auto_inv_100: bool = True
-    t4: int = field(default=5000, metadata=_checks(_positive))
+    fr_timer: int = field(default=30000, metadata=_checks(_positive, runtime=True))
+    fr_inv_timer: int = field(default=120000, metadata=_checks(_positive, runtime=True))
+    wt_timer: int = field(default=5000, metadata=_checks(_positive, runtime=True))
+    retr_timer1: int = field(default=500, metadata=_checks(_positive, runtime=True))
+    retr_timer2: int = field(default=4000, metadata=_checks(_positive, runtime=True))
+    max_inv_lifetime: int = field(default=180000, metadata=_checks(_positive, runtime=True))
+    max_noninv_lifetime: int = field(default=32000, metadata=_checks(_positive, runtime=True))
+    restart_fr_on_each_reply: bool = field(default=True, metadata=_checks(runtime=True))
+    auto_inv_100: bool = field(default=True, metadata=_checks(runtime=True))
+    t4: int = field(default=5000, metadata=_checks(_positive, runtime=True))
     #: OpenSIPS minor_branch_flag: branches with this branch flag (0..31) are not waited
     #: for and are cancelled when every other branch failed; -1 disables
-    minor_branch_flag: int = field(default=-1, metadata=_checks(_between(-1, 31)))
+    minor_branch_flag: int = field(default=-1, metadata=_checks(_between(-1, 31), runtime=True))
 
     def _check_together(self) -> None:
         # T2 caps the doubling of T1 (RFC 3261 §17.1.2.2): T1 above T2 would make
@@ -538,6 +546,90 @@ class TmConfig(_Section):
                 self.fr_inv_timer,
                 f"must be <= tm.max_inv_lifetime ({self.max_inv_lifetime}), which would cut it",
             )
+
+
+def parse_reply_codes(text: str) -> tuple[frozenset[int], frozenset[int]]:
+    """Kamailio tm ``failover_reply_codes``: ``"code=408;class=3"`` into (codes, classes).
+    ValueError says the rule."""
+    codes: set[int] = set()
+    classes: set[int] = set()
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        kind, _, value = part.partition("=")
+        kind, value = kind.strip().lower(), value.strip()
+        if kind == "code" and value.isdigit() and 300 <= int(value) <= 699:
+            codes.add(int(value))
+        elif kind == "class" and value.isdigit() and 3 <= int(value) <= 6:
+            classes.add(int(value))
+        else:
+            raise ValueError(f"{part!r}: expected code=NNN (300..699) or class=N (3..6), "
+                             "separated by ';'")
+    return frozenset(codes), frozenset(classes)
+
+
+def _reply_codes(key: str, value: str) -> None:
+    try:
+        parse_reply_codes(value)
+    except ValueError as exc:
+        _fail(key, value, str(exc))
+
+
+def _nameserver(key: str, value: str) -> None:
+    from trio_sip.dns.backend import parse_nameserver
+
+    try:
+        parse_nameserver(value)
+    except ValueError as exc:
+        _fail(key, value, str(exc))
+
+
+@dataclass(frozen=True)
+class DnsConfig(_Section):
+    """``[dns]``: the resolver (RFC 3263 NAPTR/SRV/A/AAAA) and TM's DNS failover.
+
+    ``nameservers``: ``"ADDR[:PORT]"`` entries (``[V6]:PORT``), asked in turn; empty
+    (the default) means the system's (/etc/resolv.conf). While ``core.loopback_only``
+    is on only loopback nameservers are asked. ``timeout`` (seconds) bounds one try
+    of one server and ``attempts`` is the number of rounds over all of them
+    (Kamailio ``dns_retr_time``/``dns_retr_no``). The cache holds ``cache_size``
+    answers, each for its TTL clamped to ``min_ttl``..``max_ttl``; NXDOMAIN/NODATA
+    for ``negative_ttl`` (``dns_neg_cache_ttl``). ``ipv6`` asks AAAA too
+    (``dns_try_ipv6``), ``prefer_ipv6`` tries IPv6 addresses first. ``max_targets``
+    bounds the targets of one resolution.
+
+    Failover (OpenSIPS "DNS failover", Kamailio ``use_dns_failover``): a branch whose
+    send fails, that gets no reply before fr, or that gets a 503 (or a reply matching
+    ``failover_reply_codes``, Kamailio tm syntax ``"code=408;class=6"``) is retried
+    on the next target of the same resolution, unless ``disable_failover`` (OpenSIPS
+    ``disable_dns_failover``), ``t_set_disable_failover(1)`` or ``t_relay_to_flags``
+    0x04. With ``use_blocklist`` a failed destination is skipped for
+    ``blocklist_expire`` seconds (Kamailio ``use_dst_blocklist``,
+    ``dst_blocklist_expire``), at most ``blocklist_size`` of them.
+    """
+
+    SECTION: ClassVar[str] = "dns"
+
+    nameservers: tuple[str, ...] = field(default=(), metadata=_checks(_each(_nameserver)))
+    timeout: float = field(default=2.0, metadata=_checks(_positive))
+    attempts: int = field(default=2, metadata=_checks(_between(1, 10)))
+    cache_size: int = field(default=4096, metadata=_checks(_at_least(0)))
+    min_ttl: float = field(default=0.0, metadata=_checks(_at_least(0)))
+    max_ttl: float = field(default=86400.0, metadata=_checks(_positive))
+    negative_ttl: float = field(default=60.0, metadata=_checks(_at_least(0)))
+    ipv6: bool = True
+    prefer_ipv6: bool = False
+    max_targets: int = field(default=16, metadata=_checks(_between(1, 64)))
+    disable_failover: bool = False
+    failover_reply_codes: str = field(default="", metadata=_checks(_reply_codes))
+    use_blocklist: bool = False
+    blocklist_expire: float = field(default=60.0, metadata=_checks(_positive))
+    blocklist_size: int = field(default=1024, metadata=_checks(_at_least(1)))
+
+    def _check_together(self) -> None:
+        if self.min_ttl > self.max_ttl:
+            _fail("dns.min_ttl", self.min_ttl, f"must be <= dns.max_ttl ({self.max_ttl})")
 
 
 _TOKEN68_RE: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -634,6 +726,7 @@ class Config:
     lua: LuaConfig = field(default_factory=LuaConfig)
     tm: TmConfig = field(default_factory=TmConfig)
     mi: MiConfig = field(default_factory=MiConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     modparams: Mapping[str, Mapping[str, object]] = field(default_factory=_no_modparams)
     source: str | None = None
 

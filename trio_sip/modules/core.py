@@ -248,16 +248,19 @@ def revert_uri(ctx: MsgContext) -> int:
     return 1
 
 
-@core.export(routes=REQUEST_ROUTES)
-def forward(ctx: MsgContext) -> int:
-    """Forward statelessly to $du or the R-URI (RFC 3261 §16.11)."""
-    return int(ctx.core.forward(ctx))
+@core.export(routes=REQUEST_ROUTES, is_async=True)
+def forward(ctx: MsgContext) -> Any:
+    """Forward statelessly to $du or the R-URI (RFC 3261 §16.11). A host name is resolved
+    (RFC 3263: NAPTR, SRV, A/AAAA) and the first usable target is used; the route waits
+    only when the answer is not cached (no transaction is created for that wait).
+    1, or -1 (unresolvable: $err 478; refused by the loopback guard: 477)."""
+    return ctx.core.forward(ctx)
 
 
-@core.export(("str",), routes=REQUEST_ROUTES)
-def forward_uri(ctx: MsgContext, uri: str) -> int:
-    """Forward statelessly to the given URI."""
-    return int(ctx.core.forward(ctx, uri))
+@core.export(("str",), routes=REQUEST_ROUTES, is_async=True)
+def forward_uri(ctx: MsgContext, uri: str) -> Any:
+    """Forward statelessly to the given URI (resolved like forward())."""
+    return ctx.core.forward(ctx, uri)
 
 
 @core.export(ret="bool")

@@ -50,7 +50,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -73,6 +73,7 @@ from ..transaction.matching import ClientKey, client_key_for_request
 from ..transport.base import Address, Transport
 
 if TYPE_CHECKING:
+    from ..dns import Resolution, Target
     from .transactions import ServerTx
 
 log = logging.getLogger("trio_sip.tm")
@@ -132,6 +133,12 @@ class Branch:
         self.timed_out = False
         #: armed onreply route for this branch (t_on_reply in a branch route)
         self.on_reply: str | None = None
+        #: DNS (docs/dns.md): the resolution this branch's destination came from, the
+        #: index of its target there and the target, and what builds a failover branch
+        self.resolution: Resolution | None = None
+        self.target_index = 0
+        self.target: Target | None = None
+        self.dns: Any = None
         self.flags = 0
         self.fr_deadline = math.inf
         self.cancel_deadline = math.inf

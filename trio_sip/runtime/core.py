@@ -29,11 +29,15 @@ import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import trio
 
 from ..config import Config
+from ..dns import Resolution, SipResolver
+from ..dns.ops import ResolveOp
+from ..dns.resolver import supported_transports
 from ..log import current_call_id
 from ..proxy.stateless import (
     NextHop,
@@ -86,6 +90,8 @@ class ProxyCore:
             self._aliases.add(host.strip("[]").lower())
         self.request_route = config.lua.request_route
         self.reply_route = config.lua.reply_route
+        #: RFC 3263 resolution, its cache and blocklist (trio_sip/dns/, docs/dns.md)
+        self.dns = SipResolver(config.dns, loopback_only=config.core.loopback_only)
         self.tm = TransactionLayer(self, config.tm)
         #: each module's params instance (script/modparams.py), checked at start
         self.modparams: dict[str, Any] = build_modparams(engine.modules.values(),
@@ -234,10 +240,22 @@ class ProxyCore:
         self.forward_response(ctx)
         await self.flush(ctx)
 
+    def engine_for(self, ctx: MsgContext) -> ScriptEngine:
+        """The engine an armed route of ``ctx`` runs in: the one its transaction started
+        in, else the one the message's request route started in (after an
+        app_lua.reload, a transaction in flight keeps the functions it started with),
+        else the current one."""
+        engine = getattr(ctx.transaction, "engine", None)
+        if not isinstance(engine, ScriptEngine):
+            engine = ctx.engine
+        return engine if isinstance(engine, ScriptEngine) else self.engine
+
     async def run_route(self, name: str, ctx: MsgContext, route_type: RouteType) -> Step | None:
-        """Run an armed route (failure, onreply, branch-failure...) to its end.
-        Returns None when no such function exists (logged)."""
-        fn = self.engine.function(name)
+        """Run an armed route (failure, onreply, branch-failure...) to its end, in the
+        engine of its transaction (``engine_for``). Returns None when no such function
+        exists (logged)."""
+        engine = self.engine_for(ctx)
+        fn = engine.function(name)
         if fn is None:
             log.error("armed route %s() does not exist in the routes", name)
             self.stats["script_errors"] += 1
@@ -245,7 +263,7 @@ class ProxyCore:
         saved = ctx.route_type
         ctx.route_type = route_type
         try:
-            step = self.engine.start(fn, ctx)
+            step = engine.start(fn, ctx)
             await self._finish(ctx, step)
         finally:
             ctx.route_type = saved
@@ -255,7 +273,8 @@ class ProxyCore:
         """Start an armed route and run it until it ends or waits (branch routes start
         while t_relay builds the branches: if one waits, t_relay yields and the branch is
         finished when it is done). None when no such function exists (logged)."""
-        fn = self.engine.function(name)
+        engine = self.engine_for(ctx)
+        fn = engine.function(name)
         if fn is None:
             log.error("armed route %s() does not exist in the routes", name)
             self.stats["script_errors"] += 1
@@ -263,7 +282,7 @@ class ProxyCore:
         saved = ctx.route_type
         ctx.route_type = route_type
         try:
-            return self.engine.start(fn, ctx)
+            return engine.start(fn, ctx)
         finally:
             ctx.route_type = saved
 
@@ -279,6 +298,13 @@ class ProxyCore:
         if step.yielded and ctx.route_type == RouteType.REQUEST and ctx.is_request:
             req = ctx.msg
             assert isinstance(req, SipRequest)
+            if (ctx.transaction is None and getattr(step.value, "stateless", False)
+                    and self.tm.nursery is not None):
+                # a stateless wait (forward() resolving a name, dns/ops.py): no
+                # transaction, whose fr would answer 408 to a request forwarded
+                # statelessly; the route goes on as a task of the server
+                self.tm.nursery.start_soon(self._continue, ctx, step)
+                return
             if req.method != "ACK":
                 tx = ctx.transaction or self.tm.new_server_tx(ctx)
                 tx.spawn(self._continue, ctx, step)
@@ -420,19 +446,47 @@ class ProxyCore:
         self.stats["sent_replies"] += 1
         return True
 
-    def forward(self, ctx: MsgContext, uri: str | None = None) -> int:
+    def forward(self, ctx: MsgContext, uri: str | None = None) -> int | AsyncOp:
         """Stateless forwarding (Kamailio ``forward()``): to ``uri``, else $du, else the R-URI.
-        Returns 1, or -1 if the destination cannot be used."""
+        Returns 1, or -1 if the destination cannot be used. A host name is resolved
+        (RFC 3263, docs/dns.md) and the first usable target is used: from the cache at
+        once, else through a ResolveOp the route waits for (no transaction)."""
         req = ctx.msg
         if not isinstance(req, SipRequest):
             return -1
         target = uri or req.dst_uri or req.current_uri
         try:
-            hop = target_of_uri(parse_uri_untrusted(target))
+            parsed = parse_uri_untrusted(target)
+            hop = target_of_uri(parsed)
         except BadMessage as exc:
             log.warning("cannot forward to %r: %s", target, exc.reason)
             return -1
+        if not is_ip_literal(hop.host):
+            supported = supported_transports(self.transports)
+            res = self.dns.cached(parsed, supported)
+            if res is None:
+                return ResolveOp(self.dns, parsed, supported,
+                                 partial(self._forward_resolved, target=target),
+                                 self.config.tm.max_noninv_lifetime / 1000)
+            return self._forward_resolved(ctx, res, target)
         return self._send_request(ctx, req, hop, target)
+
+    def _forward_resolved(self, ctx: MsgContext, res: Resolution, target: str) -> int:
+        """forward() to the first target of a resolution that is not blocklisted and that
+        the loopback guard and our transports allow."""
+        req = ctx.msg
+        assert isinstance(req, SipRequest)
+        for t in res.targets:
+            if self.dns.blocked(t) or self.transport_for(t.proto) is None:
+                continue
+            if not self.guard.allows(Address(t.host, t.port)):
+                continue
+            return self._send_request(ctx, req, NextHop(t.proto, t.host, t.port), target)
+        log.warning("forward to %s: %s", target, "no usable target" if res.targets else
+                    f"unresolvable ({res.failure.value if res.failure else 'no transport'})")
+        self.stats["fwd_errors"] += 1
+        ctx.last_error = 478  # Kamailio E_BAD_ADDRESS: "Unresolvable destination"
+        return -1
 
     def _send_request(self, ctx: MsgContext, req: SipRequest, hop: NextHop, target: str) -> int:
         if not is_ip_literal(hop.host):

@@ -42,6 +42,7 @@ CANCELled; a 2xx is still forwarded). See ``_server_ended_now`` and ``branch_end
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -54,7 +55,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..config import TmConfig
+from ..config import TmConfig, parse_reply_codes
+from ..dns import Resolution
+from ..dns.resolver import supported_transports
 from ..log import current_call_id
 from ..proxy.forking import challenge_header_name, pick_best, upstream_status
 from ..proxy.stateless import (
@@ -71,7 +74,7 @@ from ..script.ops import AsyncOp
 from ..sip.errors import BadMessage
 from ..sip.message import SipRequest, SipResponse
 from ..sip.reply import build_reply, generated_to_tag, reason_phrase
-from ..sip.uri import parse_uri_untrusted
+from ..sip.uri import URI, parse_uri_untrusted
 from ..transaction import (
     ClientInviteTransaction,
     ISTState,
@@ -172,13 +175,19 @@ class ServerTx:
         self.label = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF  # $T(id_label)
         self.created = now
         self.settings = settings if settings is not None else TxSettings()
+        #: the [tm] values when the transaction was made: kept for its whole life, so a
+        #: cfg.set (MI) changes new transactions only
+        self.params = layer.params
+        #: the script generation the transaction started in: its armed routes (failure,
+        #: onreply, branch...) run that generation's functions after a reload
+        self.engine = ctx.engine if ctx.engine is not None else layer.core.engine
         reliable = ctx.transport.reliable
+        timers = layer.timers(self.settings, self.params)
         self.machine: ServerInviteTransaction | ServerNonInviteTransaction
         if self.method == "INVITE":
-            self.machine = ServerInviteTransaction(req, reliable, layer.timers(self.settings), now)
+            self.machine = ServerInviteTransaction(req, reliable, timers, now)
         else:
-            self.machine = ServerNonInviteTransaction(req, reliable, layer.timers(self.settings),
-                                                      now)
+            self.machine = ServerNonInviteTransaction(req, reliable, timers, now)
         if reliable:
             self.upstream = _Upstream(ctx.transport, ctx.source, ctx.conn_id)
         else:
@@ -219,29 +228,31 @@ class ServerTx:
         self.failure_runs = 0
         #: replies of previous serial legs are kept (t_drop_replies drops them)
         self.dropped_before = 0
-        self.no_branch_deadline = now + layer.fr_for(self.method, self.settings)
+        self.no_branch_deadline = now + layer.fr_for(self.method, self.settings, self.params)
         #: the lifetime (or fr without branches) ran out and was acted upon: once only
         self.expired = False
         #: branches whose final (received or local) was processed, and the last of them
         #: ($T_branch_idx in the failure route: "the branch with the last final reply")
         self._finalized: set[Branch] = set()
         self._last_final: Branch | None = None
+        #: t_relay_to_flags 0x04 on the last relay: no DNS failover for its branches
+        self.no_dns_failover = False
 
     # -- timers -----------------------------------------------------------------
 
     def fr_timeouts(self) -> tuple[float, float]:
-        p = self.layer.params
+        p = self.params
         fr = self.settings.fr if self.settings.fr is not None else p.fr_timer / 1000
         fr_inv = self.settings.fr_inv if self.settings.fr_inv is not None else p.fr_inv_timer / 1000
         return fr, fr_inv
 
     @property
     def restart_fr_on_each_reply(self) -> bool:
-        return self.layer.params.restart_fr_on_each_reply
+        return self.params.restart_fr_on_each_reply
 
     @property
     def lifetime_deadline(self) -> float:
-        p = self.layer.params
+        p = self.params
         if self.settings.max_lifetime is not None:
             life = self.settings.max_lifetime
         elif self.method == "INVITE":
@@ -259,7 +270,7 @@ class ServerTx:
         interval"). Each machine's actions are carried out by its owner: ours are
         queued here, a branch applies its own in its task (``Branch.retime``)."""
         self.settings.t1, self.settings.t2 = t1, t2
-        timers = self.layer.timers(self.settings)
+        timers = self.layer.timers(self.settings, self.params)
         if not self.machine.terminated:
             self._execute(self.machine.set_timers(timers, trio.current_time()))
         for b in self.branches:
@@ -575,6 +586,8 @@ class ServerTx:
     async def _on_branch_final(self, b: Branch, resp: SipResponse | None) -> None:
         self._finalized.add(b)
         self._last_final = b
+        if self._dns_failover(b):
+            return  # a new branch to the next target of the same resolution is on its way
         code = b.final_status
         if self.on_branch_failure is not None and code >= 300:
             rctx = self._reply_ctx(resp, b) if resp is not None else self._failure_ctx(b)
@@ -585,10 +598,42 @@ class ServerTx:
             self.cancel_branches(except_branch=b)
         await self._complete()
 
+    def _dns_failover(self, b: Branch) -> bool:
+        """DNS failover (OpenSIPS "DNS failover", Kamailio use_dns_failover): a branch to
+        a resolved name that could not be sent (477), got no reply at all before fr
+        (408), or got a 503 (or a code of dns.failover_reply_codes) goes to the next
+        target of the same resolution, as a new branch. Not after a CANCEL, a final
+        sent, the transaction's lifetime, or when disabled (dns.disable_failover,
+        t_set_disable_failover, t_relay_to_flags 0x04). True if a branch was added."""
+        if b.resolution is None or b.dns is None or b.dns.no_failover:
+            return False
+        if self.canceled or self.final_status or self.expired:
+            return False
+        dns_cfg = self.layer.core.config.dns
+        if dns_cfg.disable_failover or self.settings.disable_failover:
+            return False
+        if b.final is not None:
+            code = b.final.status
+            codes, classes = self.layer.failover_codes
+            if code != 503 and code not in codes and code // 100 not in classes:
+                return False
+        elif not ((b.local_status == 408 and b.last_status == 0) or b.local_status == 477):
+            return False
+        dns = self.layer.core.dns
+        if b.target is not None:
+            dns.block(b.target)
+        nb = self.layer.failover_branch(self, b)
+        if nb is None:
+            return False
+        self.layer.stats["dns_failovers"] += 1
+        log.info("transaction %d: branch %d to %s failed (%d): DNS failover to %s",
+                 self.index, b.index, b.target, b.final_status, nb.target)
+        return True
+
     def _is_minor(self, b: Branch) -> bool:
         """OpenSIPS minor branches: a branch whose flags have tm's ``minor_branch_flag`` is
         not waited for; when every other branch has failed it is cancelled."""
-        flag = self.layer.params.minor_branch_flag
+        flag = self.params.minor_branch_flag
         return flag >= 0 and bool(b.flags & (1 << flag))
 
     async def _complete(self) -> None:
@@ -741,8 +786,10 @@ class TransactionLayer:
 
     # -- configuration ------------------------------------------------------------------
 
-    def timers(self, s: TxSettings) -> TimerConfig:
-        p = self.params
+    def timers(self, s: TxSettings, params: TmConfig | None = None) -> TimerConfig:
+        """The timers of a transaction with settings ``s``, from ``params`` (the
+        transaction's own snapshot; default: the layer's current values)."""
+        p = params if params is not None else self.params
         wt = p.wt_timer / 1000
         t1 = s.t1 if s.t1 is not None else p.retr_timer1 / 1000
         t2 = s.t2 if s.t2 is not None else p.retr_timer2 / 1000
@@ -763,8 +810,9 @@ class TransactionLayer:
             b=beyond, f=beyond,
         )
 
-    def fr_for(self, method: str, s: TxSettings) -> float:
-        fr = s.fr if s.fr is not None else self.params.fr_timer / 1000
+    def fr_for(self, method: str, s: TxSettings, params: TmConfig | None = None) -> float:
+        p = params if params is not None else self.params
+        fr = s.fr if s.fr is not None else p.fr_timer / 1000
         return fr
 
     # -- dispatch ------------------------------------------------------------------------
@@ -946,7 +994,7 @@ class TransactionLayer:
         self.stats["UAS_transactions"] += 1
         auto_100 = tx.settings.auto_inv_100
         if auto_100 is None:
-            auto_100 = self.params.auto_inv_100
+            auto_100 = tx.params.auto_inv_100
         if req.method == "INVITE" and send_100 and auto_100:
             tx.reply_local(100, "Trying")
         self._start(tx)
@@ -964,7 +1012,7 @@ class TransactionLayer:
         if not isinstance(req, SipRequest):
             return -1
         if req.method == "ACK":
-            return int(self.core.forward(ctx, target))  # ACKs have no transaction
+            return self.core.forward(ctx, target)  # type: ignore[return-value]  # no transaction
         if req.method == "CANCEL":
             inv = self.invite_for_cancel(req)
             if inv is not None:
@@ -985,6 +1033,7 @@ class TransactionLayer:
             # the lifetime is over: new branches would be expired at once
             ctx.last_error = 408
             return -1
+        tx.no_dns_failover = bool(flags & F_NO_DNS_FAILOVER)
         targets: list[tuple[str, str | None, int]] = []
         if target is not None:
             targets.append((req.current_uri, target, ctx.bflags))
@@ -994,14 +1043,21 @@ class TransactionLayer:
             targets.append((extra.uri, extra.dst_uri, extra.flags))
         ctx.branches = []
         sent = 0
+        pending: list[_PendingDns] = []
         for i, (uri, dst, bflags) in enumerate(targets):
             made = self._make_branch(tx, ctx, uri, dst, bflags)
             if isinstance(made, _WaitingBranch):
                 # the branch route waits: t_relay yields, and the rest of the branches are
                 # made when it is done (RelayOp, in the transaction's task)
-                return RelayOp(self, tx, made, targets[i + 1:], sent, flags)  # type: ignore[return-value]
-            if made is not None:
+                return RelayOp(self, tx, made, targets[i + 1:], sent, flags, pending)  # type: ignore[return-value]
+            if isinstance(made, _PendingDns):
+                pending.append(made)
+            elif made is not None:
                 sent += 1
+        if pending:
+            # names the cache cannot answer: t_relay yields while they are resolved (in
+            # the transaction's nursery), then their branches are made
+            return RelayOp(self, tx, None, [], sent, flags, pending)  # type: ignore[return-value]
         return self._relay_result(tx, ctx, sent, flags)
 
     def _relay_result(self, tx: ServerTx, ctx: MsgContext, sent: int, flags: int) -> int:
@@ -1017,7 +1073,7 @@ class TransactionLayer:
         return 1
 
     def _make_branch(self, tx: ServerTx, ctx: MsgContext, uri: str, dst: str | None,
-                     bflags: int | None = None) -> Branch | _WaitingBranch | None:
+                     bflags: int | None = None) -> Branch | _WaitingBranch | _PendingDns | None:
         """One branch: the branch route runs on the request with this branch's R-URI and
         $du; what it changes is this branch's only (edits rolled back after). If the branch
         route waits, a _WaitingBranch carries the state to finish it later."""
@@ -1037,7 +1093,7 @@ class TransactionLayer:
                 state.restore()
 
     def _finish_branch(self, tx: ServerTx, ctx: MsgContext, step: Step | None
-                       ) -> Branch | None:
+                       ) -> Branch | _PendingDns | None:
         """The part of _make_branch after the branch route: route the branch and build it."""
         req = tx.request
         branch_reply = ctx.armed.pop("branch_reply", None)
@@ -1049,16 +1105,24 @@ class TransactionLayer:
             return None
         target = req.dst_uri or req.current_uri
         try:
-            hop = target_of_uri(parse_uri_untrusted(target))
+            parsed = parse_uri_untrusted(target)
+            hop = target_of_uri(parsed)
         except BadMessage as exc:
             log.warning("t_relay to %r: %s", target, exc.reason)
             ctx.last_error = 400
             return None
         if not is_ip_literal(hop.host):
-            log.warning("t_relay to %s: host names need DNS resolution (not available)",
-                        hop.host)
-            ctx.last_error = 478
-            return None
+            # RFC 3263 (docs/dns.md): from the cache at once, else resolved while t_relay
+            # waits; the request as this branch sends it is kept for the failover branches
+            data0 = req.to_bytes()
+            cut = data0.find(b"\r\n") + 2
+            pend = _PendingDns(parsed, target, req.current_uri, data0[:cut], data0[cut:],
+                               ctx.record_route, ctx.rr_params, ctx.bflags, branch_reply,
+                               getattr(tx, "no_dns_failover", True))
+            res = self.core.dns.cached(parsed, supported_transports(self.core.transports))
+            if res is None:
+                return pend
+            return self.branch_from_resolution(tx, ctx, pend, res)
         transport = self.core.transport_for(hop.proto)
         if transport is None:
             log.warning("t_relay to %s: no %s transport", target, hop.proto)
@@ -1078,11 +1142,62 @@ class TransactionLayer:
             extra.append((first, first, rr.encode("latin-1"), _VIA_SEQ + 1))
         data = req.to_bytes(extra)
         b = Branch(tx, len(tx.branches), req.current_uri, dest, transport, data, branch_id,
-                   self.timers(tx.settings), trio.current_time())
+                   self.timers(tx.settings, tx.params), trio.current_time())
         b.on_reply = branch_reply
         b.flags = ctx.bflags
         tx.add_branch(b)
         return b
+
+    def branch_from_resolution(self, tx: ServerTx, ctx: MsgContext, pend: _PendingDns,
+                               res: Resolution, start: int = 0) -> Branch | None:
+        """The branch to the first usable target of ``res`` from index ``start``: not
+        blocklisted, with a transport of ours, allowed by the loopback guard. None (and
+        $err set: 478 unresolvable, 477 refused by the guard) when there is none."""
+        if getattr(tx, "final_status", 0) or getattr(tx, "canceled", False):
+            ctx.last_error = 487 if getattr(tx, "canceled", False) else 500
+            return None
+        guarded = False
+        for i in range(start, len(res.targets)):
+            t = res.targets[i]
+            transport = self.core.transport_for(t.proto)
+            if transport is None or self.core.dns.blocked(t):
+                continue
+            dest = Address(t.host, t.port)
+            if not self.core.guard.allows(dest):
+                guarded = True
+                continue
+            host, port = self.core.advertised(transport)
+            branch_id = f"z9hG4bK{self._secret}.{next(self._branch_ids)}"
+            lines = via_line(transport.proto, host, port, branch_id) + "\r\n"
+            if pend.record_route:
+                lines += record_route_line(transport.proto, host, port, pend.rr_params) + "\r\n"
+            data = pend.head + lines.encode("latin-1") + pend.tail
+            b = Branch(tx, len(tx.branches), pend.ruri, dest, transport, data, branch_id,
+                       self.timers(tx.settings), trio.current_time())
+            b.on_reply = pend.branch_reply
+            b.flags = pend.bflags
+            b.resolution, b.target_index, b.dns, b.target = res, i, pend, t
+            tx.add_branch(b)
+            return b
+        if start == 0:
+            log.warning("t_relay to %s: %s", pend.target,
+                        "every target refused by the loopback guard" if guarded else
+                        "no usable target" if res.targets else
+                        f"unresolvable ({res.failure.value if res.failure else 'no transport'})")
+            ctx.last_error = 477 if guarded else 478
+        return None
+
+    def failover_branch(self, tx: ServerTx, failed: Branch) -> Branch | None:
+        """DNS failover: a new branch like ``failed`` to the next target of its resolution."""
+        if failed.resolution is None or failed.dns is None:
+            return None
+        return self.branch_from_resolution(tx, tx.ctx, failed.dns, failed.resolution,
+                                           failed.target_index + 1)
+
+    @functools.cached_property
+    def failover_codes(self) -> tuple[frozenset[int], frozenset[int]]:
+        """dns.failover_reply_codes, parsed (checked when the config was read)."""
+        return parse_reply_codes(self.core.config.dns.failover_reply_codes)
 
     def replicate(self, ctx: MsgContext, uri: str) -> int:
         """t_replicate: a stateful copy of the request to ``uri``; its replies are counted
@@ -1097,10 +1212,23 @@ class TransactionLayer:
             b = self._make_branch(owner, ctx, req.current_uri, uri)  # type: ignore[arg-type]
         finally:
             ctx.record_route = saved_rr
-        if b is None:
+        if b is None or isinstance(b, _WaitingBranch):
             return -1
+        if isinstance(b, _PendingDns):
+            # a name not in the cache: the copy goes when it is resolved (the route does
+            # not wait for a replica; its result cannot change the call)
+            if self.nursery is None:
+                return -1
+            self.nursery.start_soon(self._replicate_resolved, owner, ctx, b)
         self.stats["replicated"] += 1
         return 1
+
+    async def _replicate_resolved(self, owner: _ReplicaOwner, ctx: MsgContext,
+                                  pend: _PendingDns) -> None:
+        with trio.move_on_after(self.params.max_noninv_lifetime / 1000):
+            res = await self.core.dns.resolve(pend.uri,
+                                              supported_transports(self.core.transports))
+            self.branch_from_resolution(owner, ctx, pend, res)  # type: ignore[arg-type]
 
     def statistics(self) -> dict[str, int]:
         out = dict(self.stats)
@@ -1172,6 +1300,24 @@ class _WaitingBranch:
     step: Step
 
 
+@dataclass
+class _PendingDns:
+    """A branch whose destination is a host name not in the DNS cache: the request as it
+    goes out (start line, then our Via and Record-Route, then ``tail``), kept to build
+    the branch once the name is resolved, and again for each DNS failover."""
+
+    uri: URI  # what is resolved ($du or the R-URI)
+    target: str
+    ruri: str
+    head: bytes
+    tail: bytes
+    record_route: bool
+    rr_params: str
+    bflags: int
+    branch_reply: str | None
+    no_failover: bool
+
+
 class RelayOp(AsyncOp):
     """t_relay when a branch route waits: drive that branch route to its end, finish the
     branch, make the remaining ones (their branch routes may wait too), then resume the
@@ -1179,10 +1325,13 @@ class RelayOp(AsyncOp):
 
     name = "t_relay"
 
-    def __init__(self, layer: TransactionLayer, tx: ServerTx, waiting: _WaitingBranch,
-                 rest: list[tuple[str, str | None, int]], sent: int, flags: int) -> None:
+    def __init__(self, layer: TransactionLayer, tx: ServerTx, waiting: _WaitingBranch | None,
+                 rest: list[tuple[str, str | None, int]], sent: int, flags: int,
+                 pending: list[_PendingDns] | None = None) -> None:
         self.layer, self.tx, self.waiting, self.rest = layer, tx, waiting, rest
         self.sent, self.flags = sent, flags
+        #: branches waiting for DNS (their names are resolved concurrently at the end)
+        self.pending = list(pending or ())
 
     async def run(self, ctx: MsgContext) -> Any:
         layer, tx = self.layer, self.tx
@@ -1195,7 +1344,10 @@ class RelayOp(AsyncOp):
             ctx.route_type = RouteType.BRANCH
             try:
                 step = await layer.core._drive(ctx, waiting.step)
-                if layer._finish_branch(tx, ctx, step) is not None:
+                finished = layer._finish_branch(tx, ctx, step)
+                if isinstance(finished, _PendingDns):
+                    self.pending.append(finished)
+                elif finished is not None:
                     sent += 1
             finally:
                 ctx.route_type = outer
@@ -1207,9 +1359,32 @@ class RelayOp(AsyncOp):
                 if isinstance(made, _WaitingBranch):
                     waiting = made
                     break
-                if made is not None:
+                if isinstance(made, _PendingDns):
+                    self.pending.append(made)
+                elif made is not None:
                     sent += 1
+        if self.pending:
+            sent += await self._resolve_pending(ctx)
         return layer._relay_result(tx, ctx, sent, self.flags)
+
+    async def _resolve_pending(self, ctx: MsgContext) -> int:
+        """Resolve every pending name concurrently (cancelled with the transaction), then
+        make their branches in the order t_relay saw them."""
+        layer, tx = self.layer, self.tx
+        supported = supported_transports(layer.core.transports)
+        results: dict[int, Resolution] = {}
+
+        async def one(i: int, p: _PendingDns) -> None:
+            results[i] = await layer.core.dns.resolve(p.uri, supported)
+
+        async with trio.open_nursery() as nursery:
+            for i, p in enumerate(self.pending):
+                nursery.start_soon(one, i, p)
+        sent = 0
+        for i, p in enumerate(self.pending):
+            if layer.branch_from_resolution(tx, ctx, p, results[i]) is not None:
+                sent += 1
+        return sent
 
 
 class _ReplicaOwner:
@@ -1221,18 +1396,20 @@ class _ReplicaOwner:
         self.request = request
         self.method = request.method
         self.settings = settings
+        self.params = layer.params
+        self.engine = layer.core.engine
         self.on_branch: str | None = None
         self.branches: list[Branch] = []
         #: no task of ours waits on the branch: a lingering one ends at once
         self.keeps_lingering_branches = False
 
     def fr_timeouts(self) -> tuple[float, float]:
-        p = self.layer.params
+        p = self.params
         return p.fr_timer / 1000, p.fr_inv_timer / 1000
 
     @property
     def restart_fr_on_each_reply(self) -> bool:
-        return self.layer.params.restart_fr_on_each_reply
+        return self.params.restart_fr_on_each_reply
 
     def cancel_reason_headers(self) -> tuple[str, ...]:
         return ()
