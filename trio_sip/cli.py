@@ -134,7 +134,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "ctl",
         help="call a management command of a running server",
         description="Call a management command (JSON-RPC over HTTP) of a running server"
-        " and print its result as JSON. Exit status: 0 success, 1 JSON-RPC error,"
+        " and print its result readably (--json: as JSON). Exit status: 0 success, 1 JSON-RPC error,"
         " 2 usage or connection error.",
     )
     ctl.add_argument("--url", metavar="URL",
@@ -148,6 +148,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="the params as one JSON array or object")
     ctl.add_argument("--timeout", type=float, default=40.0, metavar="SECONDS",
                      help="give up after this long (default 40)")
+    ctl.add_argument("--json", dest="as_json", action="store_true",
+                     help="print the result as JSON (default: readable key: value lines"
+                     " and tables)")
     ctl.add_argument("--list", dest="list_methods", action="store_true",
                      help="list the commands the server has")
     ctl.add_argument("method", nargs="?", metavar="METHOD",
@@ -200,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_ctl(args.method, args.params, url=args.url, token=args.token,
                        config=args.config, raw_params=args.raw_params,
-                       list_methods=args.list_methods, timeout=args.timeout)
+                       list_methods=args.list_methods, timeout=args.timeout,
+                       as_json=args.as_json)
     try:
         config = load_config(args.config, _overrides(args))
         # Module params are checked when the server builds its modules, so a

@@ -171,3 +171,85 @@ def status_of(raw: bytes) -> int:
     line = raw.split(b"\r\n", 1)[0]
     assert line.startswith(b"HTTP/1.1 "), raw[:200]
     return int(line.split()[1])
+
+
+# -- a server in a subprocess, for trio-sip ctl ---------------------------------------------
+
+
+def ctl_env() -> dict[str, str]:
+    """The environment for ctl subprocesses, without a URL or token from outside."""
+    import os
+
+    env = dict(os.environ)
+    env.pop("TRIO_SIP_MI_URL", None)
+    env.pop("TRIO_SIP_MI_TOKEN", None)
+    return env
+
+
+@dataclass
+class ServerProcess:
+    """``python -m trio_sip run`` in a subprocess; ``ctl(...)`` runs ``trio-sip ctl``."""
+
+    proc: Any
+    url: str
+    sip_port: int
+    token: str
+
+    def ctl(self, *args: str) -> Any:
+        import subprocess
+        import sys
+
+        return subprocess.run(
+            [sys.executable, "-m", "trio_sip", "ctl", "--url", self.url, "--token",
+             self.token, *args], capture_output=True, text=True, timeout=60, env=ctl_env())
+
+
+def spawn_server(routes: str, token: str, *sets: str) -> Any:
+    """A context manager: the server running ``routes`` on a free UDP port, its
+    management interface on a free loopback port with ``token``; stopped with SIGTERM
+    (a clean stop, exit status 0, is asserted)."""
+    import contextlib
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.support.ports import free_port
+
+    @contextlib.contextmanager
+    def running() -> Any:
+        sip_port, mi_port = free_port("udp"), free_port("tcp")
+        cmd = [sys.executable, "-m", "trio_sip", "run", "--listen",
+               f"udp:127.0.0.1:{sip_port}", "--routes", routes,
+               "--set", f"mi.listen=127.0.0.1:{mi_port}", "--set", f"mi.token={token}",
+               "--log-level", "warning"]
+        for s in sets:
+            cmd += ["--set", s]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=ctl_env())
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                if proc.poll() is not None:
+                    out = proc.stdout.read().decode() if proc.stdout else ""
+                    raise AssertionError(f"the server exited with {proc.returncode}: {out}")
+                try:
+                    with socket.create_connection(("127.0.0.1", mi_port), timeout=0.5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError("the management interface did not come up") \
+                            from None
+                    time.sleep(0.05)
+            yield ServerProcess(proc, f"http://127.0.0.1:{mi_port}/", sip_port, token)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    return running()

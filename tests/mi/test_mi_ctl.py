@@ -12,14 +12,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+from mi_helpers import real_server
 
 from tests.support.ports import free_port
 from trio_sip.cli import main
-from trio_sip.mi.client import parse_param, url_from_listen
+from trio_sip.mi.client import parse_param, run_ctl, url_from_listen
 
 TOKEN = "ctl-token-0123456789abcdef"
 
@@ -86,11 +89,15 @@ def running(tmp_path: Path) -> Iterator[Running]:
 
 
 def test_ctl_against_a_running_server(running: Running, tmp_path: Path) -> None:
-    r = running.ctl("--token", TOKEN, "tm.stats")
+    r = running.ctl("--token", TOKEN, "--json", "tm.stats")
     assert r.returncode == 0, r.stderr
     stats = json.loads(r.stdout)
     assert stats["current"] == 0 and "rpl_received" in stats
     assert r.stdout.startswith("{\n  ")  # pretty
+    r = running.ctl("--token", TOKEN, "tm.stats")  # readable: "key: value" lines
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["current:", "0"] and "rpl_received:" in r.stdout
 
     r = running.ctl("--token", TOKEN, "--list")
     assert r.returncode == 0, r.stderr
@@ -98,11 +105,11 @@ def test_ctl_against_a_running_server(running: Running, tmp_path: Path) -> None:
     assert "tm.stats" in names and "app_lua.reload" in names and names == sorted(names)
 
     r = running.ctl("--token", TOKEN, "stats.get_statistics", "script:generation")
-    assert json.loads(r.stdout) == ["script:generation = 1"]
+    assert r.stdout == "script:generation = 1\n"
 
     running.routes.write_text('function ksr_request_route()\n'
                               '  KSR.sl.sl_send_reply(200, "v2")\nend\n')
-    r = running.ctl("--token", TOKEN, "app_lua.reload")
+    r = running.ctl("--token", TOKEN, "--json", "app_lua.reload")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["generation"] == 2
 
@@ -114,7 +121,7 @@ def test_ctl_against_a_running_server(running: Running, tmp_path: Path) -> None:
     r = running.ctl("--token", TOKEN, "no.such.method")
     assert (r.returncode, r.stderr) == (1, "error -32601: Method not found: no.such.method\n")
 
-    r = running.ctl("--token", TOKEN, "--params", '{"limit": 1}', "tm.list")
+    r = running.ctl("--token", TOKEN, "--json", "--params", '{"limit": 1}', "tm.list")
     assert r.returncode == 0 and json.loads(r.stdout)["count"] == 0
 
     r = running.ctl("tm.stats")  # no token
@@ -123,7 +130,7 @@ def test_ctl_against_a_running_server(running: Running, tmp_path: Path) -> None:
     # the token and the URL from the environment, then from a config file
     env = {**_env(), "TRIO_SIP_MI_URL": running.url, "TRIO_SIP_MI_TOKEN": TOKEN}
     r = running.ctl("core.version", url=False, env=env)
-    assert r.returncode == 0 and json.loads(r.stdout).startswith("trio-sip")
+    assert r.returncode == 0 and r.stdout.startswith("trio-sip")
     port = running.url.rsplit(":", 1)[1].strip("/")
     config = tmp_path / "trio-sip.toml"
     config.write_text(f'[mi]\nlisten = "127.0.0.1:{port}"\ntoken = "{TOKEN}"\n')
@@ -159,8 +166,40 @@ def test_param_parsing() -> None:
 
 
 def test_run_ctl_prints_to_the_streams_given() -> None:
-    from trio_sip.mi.client import run_ctl
-
     out, err = io.StringIO(), io.StringIO()
     assert run_ctl(None, [], out=out, err=err) == 2
     assert "name a method" in err.getvalue() and out.getvalue() == ""
+
+
+def test_readable_output() -> None:
+    from trio_sip.mi.client import format_result
+
+    assert format_result({"current": 0, "waiting": 12, "ok": True, "none": None}) == (
+        "current: 0\nwaiting: 12\nok:      true\nnone:    -")
+    assert format_result({"group": {"a": 1, "bb": {"c": "x"}}, "empty": []}) == (
+        "group:\n  a:  1\n  bb:\n    c: x\nempty: (none)")
+    # a list of records is a table; numbers right-aligned, text left-aligned
+    assert format_result([{"index": 1, "call_id": "abc"}, {"index": 22, "call_id": "x"}]) == (
+        "INDEX  CALL_ID\n    1  abc\n   22  x")
+    assert format_result(["core:a = 1", "tm:b = 2"]) == "core:a = 1\ntm:b = 2"
+    assert format_result([{"a": {"b": 1}}, [1, 2]]) == "- a:\n    b: 1\n- 1\n  2"
+    assert format_result("text\nwith lines") == "text\nwith lines"
+    assert format_result({"doc": "two\nlines"}) == "doc:\n  two\n  lines"
+
+
+async def test_run_ctl_json_and_readable() -> None:
+    """--json and the readable default against a real management interface."""
+    async with real_server() as server:
+        url = f"http://{server.mi_address}/"
+
+        async def ctl(method: str, as_json: bool) -> str:
+            out, err = io.StringIO(), io.StringIO()
+            code = await trio.to_thread.run_sync(partial(
+                run_ctl, method, [], url=url, as_json=as_json, out=out, err=err))
+            assert code == 0, err.getvalue()
+            return out.getvalue()
+
+        assert json.loads(await ctl("tm.list", True)) == {"count": 0, "transactions": []}
+        assert await ctl("tm.list", False) == "count:        0\ntransactions: (none)\n"
+        info = await ctl("core.info", False)
+        assert "version:" in info and "{" not in info

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import trio
-from mi_helpers import ROUTES_V, rewrite, sim_server
+from mi_helpers import PROXY, ROUTES_V, rewrite, sim_server
 
 from trio_sip.mi.registry import COMMAND_FAILED, INVALID_PARAMS, MiError
 from trio_sip.mi.reload import ReloadedEngine, older_engines
@@ -15,7 +15,9 @@ from trio_sip.script.context import MsgContext
 from trio_sip.script.engine import ScriptEngine
 from trio_sip.script.exports import ModuleBuilder, RouteType
 from trio_sip.script.ops import SleepOp
-from trio_sip.sip.message import SipResponse
+from trio_sip.sip.message import SipRequest, SipResponse
+from trio_sip.testing import SimUA
+from trio_sip.transport.base import Address
 
 #: core.py hands a waiting request route to its transaction with tx.spawn
 REQUEST_ROUTE_MAY_WAIT = hasattr(ServerTx, "spawn")
@@ -101,7 +103,7 @@ async def test_a_wait_in_flight_finishes_on_its_old_code(autojump_clock: Any,
         engine = env.server.core.engine
         assert engine.pending_coroutines == 1 and len(older_engines(engine)) == 1
         listing = await env.call("app_lua.list")
-        assert listing["older"] == [{"version": 1, "pending_coroutines": 1}]
+        assert listing["older"] == [{"version": 1, "pending_coroutines": 1, "transactions": 0}]
         assert (await env.ask()).reason == "v2"  # new requests run v2 at once
         await trio.sleep(10)
         # the old coroutine ended on v1's globals and functions, the new one on v2's
@@ -196,3 +198,79 @@ def test_an_older_engine_still_drives_its_own_coroutines() -> None:
     assert e1.resume(s1.co_id, _ctx(), 1).value == "one-local/one"  # a task holding e1
     assert e2.pending_coroutines == 0
     assert older_engines(e2) == []
+
+
+# -- transactions in flight keep their generation for their armed routes -----------------
+
+UAS = Address("127.0.0.3", 5060)
+
+ARMED = """
+VERSION = "{version}"
+function ksr_request_route()
+  if KSR.is_CANCEL() or KSR.is_ACK() then KSR.tm.t_relay() return end
+  if KSR.pv.get("$rU") == "sleepy" then KSR.async.sleep(2) end
+  KSR.tm.t_on_branch("branch")
+  KSR.tm.t_on_reply("replied")
+  KSR.tm.t_on_failure("failed")
+  KSR.tm.t_relay()
+end
+function branch()
+  KSR.hdr.append("X-Branch: " .. VERSION .. "\\r\\n")
+end
+function replied()
+  if KSR.pv.get("$rs") == 180 then
+    KSR.pv.sets("$shv(ringing_" .. KSR.pv.get("$ci") .. ")", VERSION)
+  end
+end
+function failed()
+  KSR.tm.t_reply(500, "failed-" .. VERSION)
+end
+"""
+
+
+async def test_a_transaction_in_flight_runs_its_armed_routes_from_its_generation(
+        autojump_clock: Any, write_routes: Any) -> None:
+    """Reload while calls wait for their callee (and one sleeps in its request route):
+    every call is answered; the calls that began before the reload run their branch,
+    onreply and failure routes from the old script, even those that start after the
+    reload; a call that begins after it runs the new one. Kamailio would switch the
+    old calls to the new script halfway."""
+    path = write_routes(ARMED.format(version="v1"))
+    async with sim_server(path) as env:
+        callee = SimUA(env.net, UAS)
+        callee.answer(486, ringing=3, after=5)  # 180 at +3 s, 486 at +5 s
+        shv = env.server.core.shv
+        old = env.server.core.engine
+        calls = {}
+        for name in ("sleepy", "awake"):
+            calls[name] = f"{name}@test"
+            await env.uac.send(env.uac.request("INVITE", f"sip:{name}@{UAS}",
+                                               call_id=calls[name]), PROXY)
+        await trio.sleep(1)
+        rewrite(path, ARMED.format(version="v2"))
+        assert (await env.call("app_lua.reload"))["generation"] == 2
+        assert env.server.core.engine is not old
+        listing = await env.call("app_lua.list")
+        assert listing["older"] == [{"version": 1, "pending_coroutines": 1,
+                                     "transactions": 2}]
+        calls["new"] = "new@test"
+        await env.uac.send(env.uac.request("INVITE", f"sip:new@{UAS}", call_id="new@test"),
+                           PROXY)
+        finals = {}
+        for _ in range(3):
+            got = await env.uac.wait_for(
+                lambda r: isinstance(r.msg, SipResponse) and r.msg.status >= 200
+                and r.msg.call_id not in finals)
+            assert isinstance(got.msg, SipResponse)
+            finals[got.msg.call_id] = (got.msg.status, got.msg.reason)
+        assert finals == {"sleepy@test": (500, "failed-v1"), "awake@test": (500, "failed-v1"),
+                          "new@test": (500, "failed-v2")}
+        branches = {r.msg.call_id: r.msg.get("X-Branch") for r in callee.received
+                    if isinstance(r.msg, SipRequest) and r.msg.method == "INVITE"}
+        assert branches == {"sleepy@test": "v1", "awake@test": "v1", "new@test": "v2"}
+        # the 180s came after the reload for all three
+        assert {k: shv.get(f"ringing_{v}") for k, v in calls.items()} == {
+            "sleepy": "v1", "awake": "v1", "new": "v2"}
+        await trio.sleep(40)  # the transactions end: generation 1 is let go
+        assert (await env.call("app_lua.list"))["older"] == []
+        assert env.server.core.tm.servers == {}

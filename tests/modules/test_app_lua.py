@@ -1,4 +1,5 @@
-"""KSR.app_lua: runstring/dostring/runstring_args/run, and the MI app_lua.runstring."""
+"""KSR.app_lua: runstring/dostring/runstring_args/dofile/run, their budget, and the MI
+app_lua.runstring (off unless enabled)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import logging
 from typing import Any
 
 import pytest
-from module_helpers import OUT_LUA, Direct, ask, outs, serving
+import trio
+from module_helpers import OUT_LUA, PROXY, Direct, ask, outs, serving
+
+from trio_sip.modules.app_lua import AppLuaParams
 
 OPTIONS = (
     b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
@@ -108,7 +112,8 @@ async def test_runstring_from_a_route_on_the_wire(autojump_clock: Any,
 
 async def test_mi_runstring(autojump_clock: Any, write_routes: Any) -> None:
     routes = write_routes("function ksr_request_route() KSR.sl.sl_send_reply(200, 'OK') end\n")
-    async with serving(routes) as env:
+    config = {"modparams": {"app_lua": {"mi_runstring": True}}}
+    async with serving(routes, config=config) as env:
         server = env.server
         assert server.registry is not None and server.mi is not None
         call = server.registry.call
@@ -123,3 +128,145 @@ async def test_mi_runstring(autojump_clock: Any, write_routes: Any) -> None:
             await call("app_lua.runstring", {"code": "not lua"}, server.mi)
         with pytest.raises(MiError):
             await call("app_lua.runstring", {"code": "error('x')"}, server.mi)
+
+
+
+# -- the budget ---------------------------------------------------------------------------
+
+RUNAWAYS = {
+    "loop": "while true do end",
+    "counting": "local x = 0 while true do x = x + 1 end",
+    "pcall swallows": "while true do pcall(function() while true do end end) end",
+    "nested pcall": "pcall(function() while true do pcall(function() while true do end end) end end)",
+    "own coroutine": "coroutine.wrap(function() while true do end end)()",
+    "recursion": "local function f(n) return f(n + 1) + 1 end f(1)",
+    "unhook": "debug.sethook() while true do end",
+}
+
+
+def _small_budget(ctx: Any, instructions: int = 200_000, ms: int = 0) -> None:
+    ctx.core.modparams = {"app_lua": AppLuaParams(budget_instructions=instructions,
+                                                  budget_ms=ms)}
+
+
+@pytest.mark.parametrize("engine", ["luajit", "lua54"])
+@pytest.mark.parametrize("name", sorted(RUNAWAYS))
+def test_a_runaway_chunk_is_stopped(engine: str, name: str, caplog: Any) -> None:
+    direct = Direct(engine)
+    ctx = direct.ctx(OPTIONS)
+    _small_budget(ctx)
+    with caplog.at_level(logging.ERROR, logger="trio_sip.script"):
+        got = direct.value(ctx, f"(KSR.app_lua.runstring({RUNAWAYS[name]!r}))")
+    if name == "recursion":  # a stack overflow comes first: an error all the same
+        assert got == -1
+        return
+    assert got == -1
+    text = caplog.text
+    if name == "unhook":
+        assert "debug.sethook is not allowed in a budgeted app_lua chunk" in text
+    else:
+        assert "instruction budget exceeded (200000 instructions)" in text
+        assert "app_lua.runstring:1: " in text  # the chunk's file:line
+    assert "t.lua:" in text  # and the calling route's
+    # the route, the engine and hooks are fine afterwards
+    assert direct.value(ctx, "(KSR.app_lua.runstring('tsip_t_ok = 1'))") == 1
+    assert direct.value(ctx, "tsip_t_ok") == 1
+    assert direct.engine.lua.eval("(debug.gethook())") is None
+
+
+def test_a_time_budget(caplog: Any) -> None:
+    direct = Direct()
+    ctx = direct.ctx(OPTIONS)
+    _small_budget(ctx, instructions=0, ms=50)
+    with caplog.at_level(logging.ERROR, logger="trio_sip.script"):
+        assert direct.value(ctx, "(KSR.app_lua.runstring('while true do end'))") == -1
+    assert "time budget exceeded (50 ms)" in caplog.text
+
+
+def test_a_chunk_within_budget_and_nested_chunks(direct: Direct) -> None:
+    ctx = direct.ctx(OPTIONS)
+    _small_budget(ctx, instructions=2_000_000)
+    code = "local s = 0 for i = 1, 10000 do s = s + i end tsip_t_sum = s"
+    assert direct.value(ctx, f"(KSR.app_lua.runstring({code!r}))") == 1
+    assert direct.value(ctx, "tsip_t_sum") == 50005000
+    # a chunk running a chunk: the inner one's budget ends, the outer one keeps its own
+    inner = "KSR.app_lua.runstring('while true do end') tsip_t_after = 1 while true do end"
+    assert direct.value(ctx, f"(KSR.app_lua.runstring({inner!r}))") == -1
+    assert direct.value(ctx, "tsip_t_after") == 1
+
+
+def test_run_and_dofile_have_the_budget(direct: Direct, tmp_path: Any, caplog: Any) -> None:
+    ctx = direct.ctx(OPTIONS)
+    _small_budget(ctx)
+    direct.engine.load_string("function tsip_t_spin(a) while true do end end\n"
+                              "function tsip_t_ok(a) tsip_t_got = a end\n", "=fns.lua")
+    good = tmp_path / "good.lua"
+    good.write_text("local a = ... tsip_t_file = KSR.hdr.get('Call-ID')\n")
+    bad = tmp_path / "spin.lua"
+    bad.write_text("-- spins\n\nwhile true do end\n")
+    with caplog.at_level(logging.ERROR, logger="trio_sip.script"):
+        assert direct.value(ctx, "(KSR.app_lua.run('tsip_t_spin', 'x'))") == -1
+        assert direct.value(ctx, "(KSR.app_lua.run('tsip_t_ok', 'y'))") == 1
+        assert direct.value(ctx, f"(KSR.app_lua.dofile({str(good)!r}))") == 1
+        assert direct.value(ctx, f"(KSR.app_lua.dofile({str(bad)!r}))") == -1
+        assert direct.value(ctx, "(KSR.app_lua.dofile('/nonexistent/x.lua'))") == -1
+    assert direct.value(ctx, "tsip_t_got") == "y"
+    assert direct.value(ctx, "tsip_t_file") == "c1"
+    text = caplog.text
+    assert "fns.lua:1: instruction budget exceeded" in text
+    assert "spin.lua:3: instruction budget exceeded" in text  # the file's own line
+    assert "KSR.app_lua.dofile: cannot load" in text
+
+
+async def test_waiting_does_not_count_and_other_routes_run_free(
+        autojump_clock: Any, write_routes: Any) -> None:
+    """A chunk that waits: its budget is paused (the hook is off while other routes run)."""
+    routes = write_routes(OUT_LUA + (
+        "function ksr_request_route()\n"
+        "  if KSR.pv.get('$rU') == 'slow' then\n"
+        "    out('R', KSR.app_lua.runstring("
+        "'for i = 1, 3 do local s = 0 for j = 1, 10000 do s = s + j end "
+        "KSR.async.ms_sleep(1000) end'))\n"
+        "  else\n"
+        "    local s = 0 for j = 1, 200000 do s = s + j end out('S', s)\n"
+        "  end\n"
+        "  KSR.sl.sl_send_reply(200, 'OK')\n"
+        "end\n"
+    ))
+    # 3 s of waits against a budget of 100 ms: waits do not count
+    config = {"modparams": {"app_lua": {"budget_instructions": 150_000, "budget_ms": 100}}}
+    async with serving(routes, config=config) as env:
+        await env.uac.send(env.uac.request("OPTIONS", "sip:slow@127.0.0.1"), PROXY)
+        await trio.sleep(0.5)
+        # another route runs 200000 iterations while the chunk waits: no budget applies
+        o = outs(await ask(env, env.uac.request("OPTIONS", "sip:fast@127.0.0.1")))
+        assert o["S"] == "number:20000100000"
+        got = await env.uac.wait_for(lambda r: "R" in outs(r.msg), within=10)
+        assert outs(got.msg)["R"] == "number:1"  # 3 x ~20000 instructions, 3 waits
+
+
+async def test_mi_runstring_is_off_unless_enabled_and_has_the_budget(
+        autojump_clock: Any, write_routes: Any) -> None:
+    from trio_sip.mi.registry import COMMAND_FAILED, UNAVAILABLE, MiError
+
+    routes = write_routes("function ksr_request_route() KSR.sl.sl_send_reply(200, 'OK') end\n")
+    async with serving(routes) as env:
+        assert env.server.registry is not None and env.server.mi is not None
+        with pytest.raises(MiError) as exc:
+            await env.server.registry.call("app_lua.runstring", ["return 1"], env.server.mi)
+        assert exc.value.code == UNAVAILABLE
+        assert "mi_runstring = true" in exc.value.message
+    config = {"modparams": {"app_lua": {"mi_runstring": True, "budget_instructions": 100000}}}
+    async with serving(routes, config=config) as env:
+        assert env.server.registry is not None and env.server.mi is not None
+        call = env.server.registry.call
+        with pytest.raises(MiError) as exc:
+            await call("app_lua.runstring", ["while true do end"], env.server.mi)
+        assert exc.value.code == COMMAND_FAILED
+        assert "instruction budget exceeded (100000 instructions)" in exc.value.message
+        # hostile argument values stay data here too
+        got = await call("app_lua.runstring", ["return (...)", ["]] error('x') --[[\n\"'"]],
+                         env.server.mi)
+        assert got == {"result": "]] error('x') --[[\n\"'"}
+        # the server is fine: it still answers
+        assert (await ask(env, env.uac.request("OPTIONS", "sip:127.0.0.1"))).status == 200

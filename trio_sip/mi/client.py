@@ -7,6 +7,7 @@
     trio-sip ctl app_lua.reload
     trio-sip ctl --params '{"limit": 5}' tm.list
     trio-sip ctl --list
+    trio-sip ctl --json tm.stats        # the result as JSON, for scripts
 
 Positional params are JSON values when they read as one (``5``, ``true``,
 ``{"a": 1}``) and strings otherwise; ``s:5`` forces the string ``"5"`` (kamcmd's
@@ -14,7 +15,11 @@ convention). The server is ``--url``, else ``$TRIO_SIP_MI_URL``, else the
 ``mi.listen`` of ``--config FILE``, else ``http://127.0.0.1:8090/``; the token is
 ``--token``, else ``$TRIO_SIP_MI_TOKEN``, else ``mi.token`` of the config.
 
-The result is printed as indented JSON. Exit status: 0 success, 1 the server
+The result is printed readably (:func:`format_result`): a mapping as ``key: value``
+lines with nested mappings and lists indented under their key, a list of scalars one
+per line, a list of records (mappings with scalar values) as a table with a header
+line; strings without quotes. ``--json`` prints the raw result as indented JSON
+instead (what scripts should parse). Exit status: 0 success, 1 the server
 answered a JSON-RPC error, 2 usage, connection or HTTP errors.
 
 Plain blocking ``http.client``: one request per run, no event loop needed.
@@ -33,7 +38,8 @@ from typing import Any, Final, TextIO
 
 from ..config import ConfigError, load_config, split_mi_listen
 
-__all__ = ["DEFAULT_URL", "CtlError", "RpcError", "call", "parse_param", "run_ctl"]
+__all__ = ["DEFAULT_URL", "CtlError", "RpcError", "call", "format_result", "parse_param",
+           "run_ctl"]
 
 DEFAULT_URL: Final = "http://127.0.0.1:8090/"
 EXIT_OK: Final = 0
@@ -137,7 +143,7 @@ def _resolve(url: str | None, token: str | None, config: str | None) -> tuple[st
 
 def run_ctl(method: str | None, params: Sequence[str], *, url: str | None = None,
             token: str | None = None, config: str | None = None, raw_params: str | None = None,
-            list_methods: bool = False, timeout: float = 40.0,
+            list_methods: bool = False, timeout: float = 40.0, as_json: bool = False,
             out: TextIO | None = None, err: TextIO | None = None) -> int:
     """``trio-sip ctl``: returns the exit status."""
     out = out if out is not None else sys.stdout
@@ -182,5 +188,103 @@ def run_ctl(method: str | None, params: Sequence[str], *, url: str | None = None
         if exc.data is not None:
             err.write(json.dumps(exc.data, indent=2, ensure_ascii=False) + "\n")
         return EXIT_RPC_ERROR
-    out.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    if as_json:
+        out.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    else:
+        text = format_result(result)
+        out.write(text + "\n" if text else "")
     return EXIT_OK
+
+
+# -- readable output ------------------------------------------------------------------------
+
+#: a table is drawn for a list of at most this many records with scalar values
+_MAX_TABLE_COLUMNS: Final = 12
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}" if value.is_integer() or abs(value) >= 1e-3 else repr(value)
+    return str(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _is_records(value: Any) -> bool:
+    """A non-empty list of mappings whose values are all scalars (a table)."""
+    if not isinstance(value, list) or not value:
+        return False
+    if not all(isinstance(v, dict) and v and all(_is_scalar(x) for x in v.values())
+               for v in value):
+        return False
+    columns = {k for v in value for k in v}
+    return len(columns) <= _MAX_TABLE_COLUMNS
+
+
+def _table(rows: list[dict[str, Any]], indent: str) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    cells = [[_scalar(row.get(c, "")) if c in row else "" for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool)
+                   for row in rows if c in row) for c in columns]
+
+    def line(values: list[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w)
+                 for v, w, num in zip(values, widths, numeric, strict=True)]
+        return (indent + "  ".join(parts)).rstrip()
+
+    return [line([c.upper() for c in columns]), *(line(r) for r in cells)]
+
+
+def _lines(value: Any, indent: str) -> list[str]:
+    if _is_scalar(value):
+        return [indent + _scalar(value)]
+    if isinstance(value, dict):
+        if not value:
+            return [indent + "(none)"]
+        width = max(len(str(k)) for k in value) + 1
+        out: list[str] = []
+        for key, item in value.items():
+            label = f"{key}:"
+            if _is_scalar(item):
+                text = _scalar(item)
+                out.append(f"{indent}{label:<{width}} {text}".rstrip() if "\n" not in text
+                           else f"{indent}{label}")
+                if "\n" in text:
+                    out.extend(indent + "  " + t for t in text.splitlines())
+            elif isinstance(item, (dict, list)) and not item:
+                out.append(f"{indent}{label:<{width}} (none)")
+            else:
+                out.append(f"{indent}{label}")
+                out.extend(_lines(item, indent + "  "))
+        return out
+    if isinstance(value, list):
+        if not value:
+            return [indent + "(none)"]
+        if _is_records(value):
+            return _table(value, indent)
+        out = []
+        for item in value:
+            if _is_scalar(item):
+                out.append(indent + _scalar(item))
+            else:
+                sub = _lines(item, indent + "  ")
+                out.append(indent + "- " + sub[0][len(indent) + 2:])
+                out.extend(sub[1:])
+        return out
+    return [indent + str(value)]
+
+
+def format_result(result: Any) -> str:
+    """A command's result as text for a person (``trio-sip ctl`` without ``--json``)."""
+    return "\n".join(_lines(result, ""))

@@ -20,7 +20,13 @@
 ``mi.list``                every command with its params and doc
 ``system.listMethods``     the command names; ``system.methodHelp NAME`` its doc
 ``rtpengine.show|ping|enable``  Kamailio's, when the rtpengine module is loaded
+``cfg.get|set|seti|sets|list|help``  runtime-settable values (trio_sip/mi/cfg.py)
+``corex.debug``, ``debug.level``  get or set the log level (trio_sip/mi/cfg.py)
+``tm.t_reply``             reply to a pending or suspended transaction (tm_reply.py)
 =========================  ======================================================
+
+``GET /metrics`` on the same listener exposes every statistic to Prometheus
+(trio_sip/mi/metrics.py).
 
 Modules add theirs with ``ModuleBuilder.mi`` (see :func:`build_registry`).
 """
@@ -42,6 +48,7 @@ import trio
 
 from .. import __version__
 from ..script.exports import MiCommand, Module
+from .cfg import commands as cfg_commands
 from .registry import (
     COMMAND_FAILED,
     UNAVAILABLE,
@@ -51,8 +58,9 @@ from .registry import (
     MiRegistry,
 )
 from .reload import engine_generation as _generation
-from .reload import older_engines as _older
+from .reload import engines_in_flight as _in_flight
 from .reload import own_pending as _own_pending
+from .tm_reply import commands as tm_reply_commands
 
 __all__ = ["build_registry", "builtin_commands", "statistics"]
 
@@ -84,6 +92,8 @@ def build_registry(modules: Iterable[Module], *, default_timeout: float = 30.0) 
     for cmd in _commands:
         if cmd.name.startswith("rtpengine.") and "rtpengine" not in names:
             continue
+        registry.add(cmd)
+    for cmd in (*cfg_commands(), *tm_reply_commands()):
         registry.add(cmd)
     for mod in mods:
         for cmd in mod.mi_commands:
@@ -184,7 +194,7 @@ def _rss() -> int:
 def core_shmmem(params: Any, ctx: MiContext) -> Any:
     """Memory (no shared memory here): the resident size, its peak, each Lua engine's
     heap and Python's garbage-collector counts, in bytes."""
-    engines = [ctx.core.engine, *_older(ctx.core.engine)]
+    engines = [ctx.core.engine, *(e for e, _n, _t in _in_flight(ctx.core))]
     lua = []
     for e in engines:
         kib = e.lua.eval("collectgarbage('count')")
@@ -232,7 +242,7 @@ def _transports(ctx: MiContext) -> list[Any]:
 def _script_stats(ctx: MiContext) -> dict[str, int]:
     engine = ctx.core.engine
     return {"generation": _generation(engine), "pending_coroutines": engine.pending_coroutines,
-            "engines_in_flight": len(_older(engine))}
+            "engines_in_flight": len(_in_flight(ctx.core))}
 
 
 def statistics(ctx: MiContext) -> dict[str, dict[str, int]]:
@@ -437,16 +447,16 @@ def app_lua_reload(params: Mapping[str, Any], ctx: MiContext) -> Any:
 @_command("app_lua.list")
 def app_lua_list(params: Any, ctx: MiContext) -> Any:
     """The routes file and the engine running it: generation (1 at start, +1 per
-    reload), coroutines waiting in it and in older generations still finishing."""
+    reload), coroutines waiting in it; and the older generations still finishing
+    calls: their waiting coroutines and the transactions that started in them."""
     engine = ctx.core.engine
-    older = _older(engine)
     return {
         "scripts": [{"sid": 0, "filename": engine.routes_path, "engine": engine.engine_name,
                      "implementation": engine.implementation,
                      "version": _generation(engine),
                      "pending_coroutines": _own_pending(engine)}],
-        "older": [{"version": _generation(e), "pending_coroutines": _own_pending(e)}
-                  for e in older],
+        "older": [{"version": _generation(e), "pending_coroutines": n, "transactions": t}
+                  for e, n, t in _in_flight(ctx.core)],
     }
 
 

@@ -6,8 +6,9 @@ A deliberately small, strict and bounded HTTP/1.1 server (no dependency):
   application/json`` and a ``Content-Length`` body: a JSON-RPC 2.0 request or
   batch; the reply is ``200 application/json``, or ``204`` when the body held only
   notifications;
-* ``GET /`` / ``HEAD /``: a short text help; other methods on ``/``: 405; other
-  paths: 404;
+* ``GET /`` / ``HEAD /``: a short text help; other methods on ``/``: 405;
+* ``GET /metrics`` / ``HEAD /metrics``: every statistic in the Prometheus text format
+  (:mod:`trio_sip.mi.metrics`), under the same token rule as JSON-RPC; other paths: 404;
 * the request line and headers may take 16 KiB, the body ``mi.max_body_size``
   (413 beyond); no chunked bodies (501), ``Expect: 100-continue`` is honoured;
 * with ``mi.token`` every request needs ``Authorization: Bearer TOKEN`` (compared
@@ -37,6 +38,8 @@ import trio
 from .. import __version__
 from ..config import split_mi_listen
 from ..transport.base import Address
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import exposition
 from .registry import MiContext
 
 __all__ = ["HttpError", "MiHttpServer", "serve_mi"]
@@ -48,6 +51,7 @@ MAX_HEADERS: Final = 100
 MAX_CONNECTIONS: Final = 64
 MAX_REQUESTS_PER_CONNECTION: Final = 100
 PATHS: Final = ("/", "/RPC")
+METRICS_PATH: Final = "/metrics"
 
 _TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REQUEST_LINE_RE: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\S+) HTTP/(\d)\.(\d)")
@@ -67,6 +71,7 @@ HELP: Final = (
     "POST / with Content-Type: application/json, e.g.\n"
     '  {"jsonrpc": "2.0", "method": "system.listMethods", "id": 1}\n'
     "or use the command line: trio-sip ctl --list; trio-sip ctl tm.stats\n"
+    "Prometheus metrics: GET /metrics\n"
 )
 
 
@@ -332,8 +337,20 @@ class MiHttpServer:
             raise HttpError(501, "Transfer-Encoding is not supported: send a Content-Length")
         length = self._content_length(req)
         self._authorize(req)
+        if req.path == METRICS_PATH:
+            if req.method not in ("GET", "HEAD"):
+                raise HttpError(405, f"{req.method} is not allowed on {METRICS_PATH} (GET it)",
+                                (("Allow", "GET, HEAD"),))
+            if length:
+                raise HttpError(400, f"{req.method} with a body")
+            await self._send(stream, _response(200, exposition(self.ctx).encode("utf-8"),
+                                               close=not keep,
+                                               content_type=METRICS_CONTENT_TYPE,
+                                               head_only=req.method == "HEAD"))
+            return keep
         if req.path not in PATHS:
-            raise HttpError(404, f"no such path {req.path} (POST JSON-RPC to /)")
+            raise HttpError(404, f"no such path {req.path} (POST JSON-RPC to /, GET "
+                            f"{METRICS_PATH})")
         if req.method in ("GET", "HEAD"):
             if length:
                 raise HttpError(400, f"{req.method} with a body")

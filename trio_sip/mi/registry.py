@@ -135,6 +135,7 @@ class MiRegistry:
         self.max_batch = max_batch
         self._commands: dict[str, MiCommand] = {}
         self._stats: dict[str, tuple[StatsProvider, StatsReset | None]] = {}
+        self._gauges: dict[str, frozenset[str]] = {}
 
     # -- commands -----------------------------------------------------------------------
 
@@ -173,11 +174,18 @@ class MiRegistry:
     # -- statistics groups ------------------------------------------------------------------
 
     def add_stats_group(self, name: str, provider: StatsProvider,
-                        reset: StatsReset | None = None) -> None:
-        """A statistics group for ``stats.get_statistics`` (``"usrloc:"``...)."""
+                        reset: StatsReset | None = None, *, gauges: Iterable[str] = ()) -> None:
+        """A statistics group for ``stats.get_statistics`` (``"usrloc:"``...);
+        ``gauges`` names its statistics that go up and down (``/metrics`` types them
+        as gauges; the others are counters)."""
         if not name or ":" in name or "." in name:
             raise ValueError(f"bad statistics group name {name!r}")
         self._stats[name] = (provider, reset)
+        self._gauges[name] = frozenset(gauges)
+
+    def stats_gauges(self) -> dict[str, frozenset[str]]:
+        """The gauges each statistics group declared."""
+        return dict(self._gauges)
 
     def stats_groups(self) -> dict[str, tuple[StatsProvider, StatsReset | None]]:
         return dict(self._stats)

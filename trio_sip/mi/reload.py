@@ -11,23 +11,25 @@ the new code and none runs a half-loaded script. A reload that fails (the file d
 not load, a check fails) raises before anything was changed: the old routes stay in
 force and the error says why.
 
-A route coroutine that was waiting (``KSR.async.sleep``, rtpengine, an async MI
-command) lives in the ``LuaRuntime`` that created it and must be resumed or
-abandoned there, with that runtime's functions and globals: it finishes on its old
-code. The runtime calls ``engine.resume(co_id, ...)`` / ``engine.abandon(co_id)``
-on whichever engine it holds, so the new engine routes those calls:
+Calls in flight finish on the code they started with:
 
-* every generation shares one coroutine-id counter, so an id names one coroutine
-  in one runtime, whatever the generation (two runtimes counting from 1 would
-  resume each other's coroutines);
-* a :class:`ReloadedEngine` remembers the ids of its own waiting coroutines and
-  keeps the older engines that still have waiting coroutines; ``resume`` /
-  ``abandon`` of an id that is not its own go to the older engine that owns it;
-* an older engine is dropped (and its ``LuaRuntime`` freed) once none of its
-  coroutines waits any more; ``pending_coroutines`` counts every generation.
+* a route coroutine that was waiting (``KSR.async.sleep``, rtpengine, an async MI
+  command) lives in the ``LuaRuntime`` that created it and is resumed or abandoned
+  there, with that runtime's functions and globals. Every generation shares one
+  coroutine-id counter and one map from the id of each waiting coroutine to its
+  engine (``ScriptEngine._owners``), so ``resume``/``abandon`` called on any
+  generation reach the right runtime (two runtimes counting from 1 would resume each
+  other's coroutines);
+* a transaction remembers the engine its request route started in
+  (``MsgContext.engine``, ``ServerTx.engine``): its armed routes (``t_on_failure``,
+  ``t_on_reply``, ``t_on_branch``, ``t_on_branch_failure``, ``t_continue``) run that
+  generation's functions, even when they start after the reload
+  (``ProxyCore.engine_for``). Kamailio runs them from the new script; here a
+  transaction never mixes two versions of the routes;
+* an older engine lives as long as a waiting coroutine or a transaction refers to
+  it, and is freed with the last of them (plain references: nothing to prune).
 
-Routes that *start* after the reload (including failure and onreply routes armed by
-a transaction that began before it) run the new code, as Kamailio does.
+Routes that *start* for new messages after the reload run the new code.
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..script.context import MsgContext
-from ..script.engine import ScriptEngine, Step
+from ..script.engine import ScriptEngine
 from ..script.exports import Module
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trio_sip.mi")
 
-__all__ = ["ReloadedEngine", "engine_generation", "older_engines", "own_pending", "reload_routes"]
+__all__ = ["ReloadedEngine", "engine_generation", "engines_in_flight", "older_engines",
+           "own_pending", "reload_routes"]
 
 
 def own_pending(engine: ScriptEngine) -> int:
@@ -55,80 +57,29 @@ def own_pending(engine: ScriptEngine) -> int:
 
 
 class ReloadedEngine(ScriptEngine):
-    """An engine that replaced ``previous``: it resumes and abandons the coroutines
-    that older engines still have waiting in those engines (see the module doc)."""
+    """An engine that replaced ``previous``: same coroutine ids and owner map, so the
+    coroutines still waiting in older engines are resumed there (see the module doc)."""
 
     def __init__(self, modules: Iterable[Module], *, engine: str = "luajit",
                  lua_path: Iterable[str] = (), previous: ScriptEngine) -> None:
         super().__init__(modules, engine=engine, lua_path=lua_path)
         # one id space for every generation: an id names one coroutine in one runtime
         self._ids = previous._ids
+        self._owners = previous._owners
         self.generation: int = engine_generation(previous) + 1
         self.loaded_at = time.time()
-        #: ids of this engine's own coroutines that yielded and were not finished
-        self._live: set[int] = set()
-        #: older engines that still have waiting coroutines, oldest first
-        self._older: list[ScriptEngine] = [
-            e for e in [*older_engines(previous), previous] if own_pending(e) > 0
-        ]
-
-    # -- routing by coroutine id ---------------------------------------------------------
-
-    def _owner(self, co_id: int) -> ScriptEngine:
-        if co_id in self._live or not self._older:
-            return self
-        for e in reversed(self._older):
-            if isinstance(e, ReloadedEngine):
-                if co_id in e._live:
-                    return e
-            else:
-                return e  # the first generation, which does not track ids: the oldest
-        return self
-
-    def start(self, fn: Any, ctx: MsgContext, *args: Any) -> Step:
-        step = super().start(fn, ctx, *args)
-        if step.yielded:
-            self._live.add(step.co_id)
-        return step
-
-    def resume(self, co_id: int, ctx: MsgContext, value: Any = None) -> Step:
-        owner = self._owner(co_id)
-        if owner is self:
-            step = super().resume(co_id, ctx, value)
-            if not step.yielded:
-                self._live.discard(co_id)
-            return step
-        step = owner.resume(co_id, ctx, value)
-        if not step.yielded:
-            self.prune()
-        return step
-
-    def abandon(self, co_id: int) -> None:
-        owner = self._owner(co_id)
-        if owner is self:
-            self._live.discard(co_id)
-            super().abandon(co_id)
-            return
-        owner.abandon(co_id)
-        self.prune()
-
-    def prune(self) -> None:
-        """Drop the older engines none of whose coroutines waits any more."""
-        if self._older:
-            self._older = [e for e in self._older if own_pending(e) > 0]
-            for e in self._older:
-                if isinstance(e, ReloadedEngine) and e._older:
-                    e._older = [x for x in e._older if own_pending(x) > 0]
 
     @property
     def pending_coroutines(self) -> int:
-        return own_pending(self) + sum(own_pending(e) for e in self._older)
+        """The coroutines waiting in this engine and in every older one."""
+        return own_pending(self) + sum(own_pending(e) for e in self.older)
 
     @property
     def older(self) -> list[ScriptEngine]:
-        """The older engines kept for their waiting coroutines, oldest first."""
-        self.prune()
-        return list(self._older)
+        """The older engines that still have waiting coroutines, oldest first."""
+        found = {id(e): e for e in self._owners.values()
+                 if engine_generation(e) < self.generation}
+        return sorted(found.values(), key=engine_generation)
 
 
 def engine_generation(engine: ScriptEngine) -> int:
@@ -140,6 +91,22 @@ def engine_generation(engine: ScriptEngine) -> int:
 def older_engines(engine: ScriptEngine) -> list[ScriptEngine]:
     """The older engines ``engine`` keeps alive for their waiting coroutines."""
     return engine.older if isinstance(engine, ReloadedEngine) else []
+
+
+def engines_in_flight(core: Any) -> list[tuple[ScriptEngine, int, int]]:
+    """The older engines still in use by ``core`` (a ``ProxyCore``), oldest first:
+    ``(engine, waiting coroutines, live transactions started in it)``."""
+    current: ScriptEngine = core.engine
+    gen = engine_generation(current)
+    found: dict[int, ScriptEngine] = {id(e): e for e in older_engines(current)}
+    txs: dict[int, int] = {}
+    for tx in list(core.tm.servers.values()):
+        e = getattr(tx, "engine", None)
+        if isinstance(e, ScriptEngine) and e is not current and engine_generation(e) < gen:
+            found[id(e)] = e
+            txs[id(e)] = txs.get(id(e), 0) + 1
+    return [(e, own_pending(e), txs.get(id(e), 0))
+            for e in sorted(found.values(), key=engine_generation)]
 
 
 def reload_routes(server: Any, config: Config | None = None) -> ScriptEngine:

@@ -185,7 +185,7 @@ def t_release(ctx: MsgContext) -> int:
 
 def _arm(kind: str) -> None:
     def fn(ctx: MsgContext, name: str) -> int:
-        if ctx.core.engine.function(name) is None:
+        if ctx.core.engine_for(ctx).function(name) is None:
             log.error("t_on_%s(%r): no such function in the routes", kind, name)
             return -1
         if kind == "reply" and ctx.route_type == R.BRANCH:
@@ -512,6 +512,18 @@ def t_cancel_call(ctx: MsgContext) -> int:
         return -1
     tx.cancel_upstream()
     return 1
+
+
+@m.export(("str", "str", "str", "str", "str", "str"), min_args=5)
+def t_uac_send(ctx: MsgContext, method: str, ruri: str, nexthop: str, socket: str,
+               headers: str, body: str | None = None) -> int:
+    """Send a request as a local UAC transaction (tm's retransmissions and timeouts):
+    method, R-URI, next hop ("" or "." none), socket ("" or "." any), header lines
+    (From, To, Call-ID, CSeq are taken from them; default: the R-URI, generated),
+    body. 1 sent, -1 not. The reply is not delivered: see KSR.uac (modules/uac.py)."""
+    from .uac import tm_uac_send
+
+    return tm_uac_send(ctx, method, ruri, nexthop, socket, headers, body)
 
 
 MODULE = m.build()

@@ -144,7 +144,8 @@ def t_suspend(ctx: MsgContext) -> int:
         return -1
     if not tx.branches:
         # Kamailio starts fr for the suspension (its blind branch): from now
-        tx.no_branch_deadline = trio.current_time() + tx.layer.fr_for(tx.method, tx.settings)
+        tx.no_branch_deadline = trio.current_time() + tx.layer.fr_for(tx.method, tx.settings,
+                                                                      tx.params)
     tx.suspended = True
     tx.post(_Wake())  # the run loop takes the new deadline
     return 1
@@ -181,7 +182,7 @@ def t_continue(ctx: MsgContext, index: int, label: int, fn: str) -> int:
     if why is not None:
         log.warning("t_continue: transaction %d: %s", index, why)
         return -1
-    if ctx.core.engine.function(fn) is None:
+    if ctx.core.engine_for(tx.ctx).function(fn) is None:
         log.error("t_continue: no function %s() in the routes", fn)
         return -1
     tx.suspended = False

@@ -69,6 +69,10 @@ class MsgContext:
     replied: int = 0
     #: a transaction, once one was created for this request (issue "transactions")
     transaction: Any = None
+    #: the script engine (generation) the first route on this message ran in, set by
+    #: ``ScriptEngine.start``: a transaction made for the message keeps it, so its armed
+    #: routes run the functions it started with even after an ``app_lua.reload``
+    engine: Any = None
     #: where the script's exit/drop left things
     exited: bool = False
     #: a reply being processed in a reply route, when msg is the request (tm routes)

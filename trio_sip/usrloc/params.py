@@ -3,7 +3,7 @@ with the differences said next to each field."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..storage.sqlite import DbUrlError, resolve_db_url
 
@@ -64,18 +64,22 @@ class UsrlocParams:
 
 @dataclass(frozen=True)
 class RegistrarParams:
-    """REGISTER processing (Kamailio ``registrar`` modparams that apply here)."""
+    """REGISTER processing (Kamailio ``registrar`` modparams that apply here).
 
-    default_expires: int = 3600
+    ``default_expires``, ``min_expires``, ``max_expires`` and ``max_contacts`` can be
+    changed while the server runs (``cfg.set registrar max_expires 600``, as Kamailio's
+    registrar cfg group): the module reads them at each REGISTER."""
+
+    default_expires: int = field(default=3600, metadata={"runtime": True})
     #: percent: a binding without an expiry lasts a random time in
     #: [default_expires - range%, default_expires]
     default_expires_range: int = 0
     #: percent, the same for expiries the UA asked for
     expires_range: int = 0
     #: 0 disables the check
-    min_expires: int = 60
+    min_expires: int = field(default=60, metadata={"runtime": True})
     #: 0: no cap
-    max_expires: int = 0
+    max_expires: int = field(default=0, metadata={"runtime": True})
     #: 1 (here the default): an expiry below min_expires is answered 423 Interval Too Brief
     #: with Min-Expires (RFC 3261 §10.3 step 7). 0 (Kamailio's default): raised silently.
     min_expires_mode: int = 1
@@ -92,7 +96,7 @@ class RegistrarParams:
     #: the Contact parameter that shows the received address in the 200 OK
     received_param: str = "received"
     #: 0: no limit; more bindings per AoR get 503 Service Unavailable
-    max_contacts: int = 0
+    max_contacts: int = field(default=0, metadata={"runtime": True})
     #: Retry-After seconds added to 5xx replies (0: none)
     retry_after: int = 0
     #: 1: lookup() skips contacts that do not allow the request's method
