@@ -6,8 +6,11 @@
 -- retransmission must be absorbed by its transaction, never routed again. The onreply
 -- and failure routes wait a little (KSR.async.ms_sleep) inside the transaction's task,
 -- so that events queue up behind a suspended route and every coroutine must end.
+-- Calls with an X-Rtp header wait for a (scripted, sometimes slow or failing) rtpengine
+-- in the request route: rtpengine_offer on the INVITE, rtpengine_delete on its BYE.
 
 RUNS = {}
+RTP = {}
 
 function ksr_request_route()
     if KSR.maxfwd.process_maxfwd(10) < 0 then
@@ -21,6 +24,10 @@ function ksr_request_route()
         return
     end
     if KSR.siputils.has_totag() > 0 then
+        if KSR.is_BYE() and RTP[KSR.pv.get("$ci")] ~= nil then
+            RTP[KSR.pv.get("$ci")] = nil
+            KSR.rtpengine.rtpengine_delete("")
+        end
         if KSR.rr.loose_route() > 0 then
             KSR.tm.t_relay()  -- the ACK of a 2xx statelessly, a BYE statefully
             return
@@ -36,6 +43,12 @@ function ksr_request_route()
     if KSR.is_INVITE() then
         local ci = KSR.pv.get("$ci")
         RUNS[ci] = (RUNS[ci] or 0) + 1
+    end
+    if KSR.is_INVITE() and KSR.hdr.is_present("X-Rtp") > 0 then
+        -- a failing rtpengine does not stop the call: it goes on without anchoring
+        if KSR.rtpengine.rtpengine_offer("") > 0 then
+            RTP[KSR.pv.get("$ci")] = 1
+        end
     end
     KSR.rr.record_route()
     local fork = KSR.hdr.get("X-Fork")

@@ -1,9 +1,21 @@
-"""Public helpers for testing routes and the server in virtual time.
+"""Public helpers for testing routes and the server in virtual time (docs/testing.md).
 
-* :class:`SimNetwork`, :class:`LinkSpec`: an in-memory network with seeded loss,
-  duplication, delay and reordering (transport/sim.py).
-* :class:`SimUA`: a scripted endpoint on that network (testing/ua.py).
+* :class:`SimNetwork`, :class:`LinkSpec`: an in-memory network with seeded per-link
+  loss, duplication, delay distributions (:func:`exponential_delay`...), reordering and
+  partitions that heal (transport/sim.py).
+* :class:`SimUA`: a scripted endpoint that sends what the test writes and checks what
+  arrives, and when (``expect_response(200, at=t0 + 1.5)``; testing/ua.py).
+* :class:`Caller`, :class:`Callee`: RFC 3261 user agents with behaviours (answer after
+  N s, ring forever, busy, 6xx, never answer, crash in the dialog; testing/agents.py).
+* :class:`FakeRtpengine` and :func:`attach_rtpengine`: a scripted rtpengine with fault
+  modes (testing/rtpengine.py).
+* :func:`sip_log`, :func:`assert_sent_at`: the network's message log with exact virtual
+  times (testing/log.py).
+* :func:`leftovers`, :class:`Watch`: nothing left after the last timer, no route code
+  after its transaction, live objects back to zero (testing/invariants.py).
 * :func:`start_server`: the real server (parser, core, Lua routes) on the network.
+* the pytest plugin (testing/pytest_plugin.py): the ``sip_net``, ``sip_server``,
+  ``sip_ua`` fixtures.
 """
 
 from __future__ import annotations
@@ -18,17 +30,46 @@ from ..config import Config, config_from_dict
 from ..runtime.server import Server, serve
 from ..transport.base import Address, MessageHandler, Transport
 from ..transport.guard import LoopbackGuard
-from ..transport.sim import LinkSpec, SimNetwork, SimTransport
-from .ua import Received, SimUA, build_message
+from ..transport.sim import (
+    LinkSpec,
+    Partition,
+    SimNetwork,
+    SimTransport,
+    exponential_delay,
+    lognormal_delay,
+    normal_delay,
+)
+from .agents import BEHAVIOURS, Callee, Caller
+from .invariants import Watch, leftovers
+from .log import Logged, assert_sent_at, sent_times, sip_log
+from .rtpengine import FakeRtpengine, attach_rtpengine
+from .ua import ExpectationFailed, Received, SimUA, build_message
 
 __all__ = [
+    "BEHAVIOURS",
+    "Callee",
+    "Caller",
+    "ExpectationFailed",
+    "FakeRtpengine",
     "LinkSpec",
+    "Logged",
+    "Partition",
     "Received",
     "SimNetwork",
     "SimTransport",
     "SimUA",
+    "Watch",
+    "assert_sent_at",
+    "attach_rtpengine",
     "build_message",
+    "exponential_delay",
+    "leftovers",
+    "lognormal_delay",
+    "normal_delay",
+    "sent_times",
+    "sip_log",
     "start_server",
+    "stop_server",
 ]
 
 
@@ -58,5 +99,50 @@ async def start_server(
         return [net.transport(address, handler, proto=p, guard=guard)  # type: ignore[arg-type]
                 for p in protos]
 
-    server: Server = await nursery.start(partial(serve, cfg, transports=make))
+    server: Server = await nursery.start(partial(_serve_recording_stop, cfg, make))
     return server
+
+
+#: id(server) -> set when its serve() returned (see stop_server)
+_stopped: dict[int, trio.Event] = {}
+
+
+class _Started:
+    """A task status that also keeps the Server serve() reports."""
+
+    def __init__(self, inner: trio.TaskStatus[Server]) -> None:
+        self.inner = inner
+        self.server: Server | None = None
+
+    def started(self, value: Server) -> None:
+        self.server = value
+        _stopped[id(value)] = trio.Event()
+        self.inner.started(value)
+
+
+async def _serve_recording_stop(cfg: Config, make: Any, *,
+                                task_status: trio.TaskStatus[Server]
+                                = trio.TASK_STATUS_IGNORED) -> None:
+    status = _Started(task_status)
+    try:
+        await serve(cfg, transports=make, task_status=status)  # type: ignore[arg-type]
+    finally:
+        if status.server is not None:
+            # a stopped server leaves the network (its transports are the network's)
+            for t in status.server.transports:
+                close = getattr(t, "close", None)
+                if close is not None:
+                    close()
+            _stopped.pop(id(status.server), trio.Event()).set()
+
+
+async def stop_server(server: Server) -> None:
+    """Stop a server started by :func:`start_server` as a shutdown would: its nursery is
+    cancelled (every transaction, branch and waiting route with it; the coroutines are
+    abandoned) and the modules' shutdown hooks run. Returns once it has stopped."""
+    nursery = server.core.tm.nursery
+    stopped = _stopped.get(id(server))
+    if nursery is None or stopped is None:
+        raise RuntimeError("not a running server of start_server()")
+    nursery.cancel_scope.cancel()
+    await stopped.wait()

@@ -10,6 +10,16 @@ lets a test send requests and wait for what comes back::
 
 Messages are built from text with CRLF line ends and a correct
 Content-Length; ``request()`` fills in the headers a request needs.
+
+Exact virtual times: with ``at=`` an expectation also asserts *when* the message
+arrived (``trio.current_time()`` at its arrival, within ``tolerance``)::
+
+    t0 = trio.current_time()
+    await ua.send(invite, proxy)
+    await ua.expect_response(408, at=t0 + 32.0)      # fr_inv_timer ran out, exactly
+
+and ``on_request`` makes it a responder (see ``answer()``: a UAS that answers every
+INVITE with a given status after a delay in virtual time).
 """
 
 from __future__ import annotations
@@ -23,10 +33,25 @@ import trio
 
 from ..sip.message import SipMessage, SipRequest, SipResponse
 from ..sip.parser import parse_message_untrusted
+from ..sip.reply import reason_phrase
 from ..transport.base import Address, Transport
 from ..transport.sim import SimNetwork
 
 _ids = itertools.count(1)
+
+#: default tolerance of ``at=`` checks: virtual times are floats summed from timers
+TOLERANCE = 1e-6
+
+
+class ExpectationFailed(AssertionError):
+    """A message did not arrive when (or as) a test expected."""
+
+
+def _first_line(msg: SipMessage) -> str:
+    if isinstance(msg, SipResponse):
+        return f"{msg.status} {msg.cseq_method}"
+    assert isinstance(msg, SipRequest)
+    return f"{msg.method} {msg.cseq_num}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +146,7 @@ class SimUA:
         if code > 100 and 100 < code < 300:
             hdrs.append(("Contact", f"<sip:uas@{self.local}>"))
         hdrs += headers or []
-        return build_message(f"SIP/2.0 {code} {reason or 'Reason'}", hdrs, body)
+        return build_message(f"SIP/2.0 {code} {reason or reason_phrase(code)}", hdrs, body)
 
     # -- sending and expecting ------------------------------------------------------
 
@@ -145,36 +170,103 @@ class SimUA:
         return nursery
 
     async def wait_for(self, pred: Callable[[Received], bool], within: float = 40.0,
-                       *, start: int = 0) -> Received:
+                       *, start: int = 0, at: float | None = None,
+                       tolerance: float = TOLERANCE) -> Received:
         """The first received message (from index ``start``) matching ``pred``; waits in
-        virtual time, TooSlowError unless it arrives ``within`` seconds."""
-        with trio.fail_after(within):
-            i = start
-            while True:
-                while i < len(self.received):
-                    r = self.received[i]
-                    i += 1
-                    if pred(r):
-                        return r
-                await self._arrived.wait()
+        virtual time, TooSlowError unless it arrives ``within`` seconds. With ``at`` (an
+        absolute virtual time; ``within`` is then ignored), it waits until then at most
+        and asserts that the message arrived at ``at`` (± ``tolerance``):
+        ExpectationFailed says when it did, or that none came by then."""
+        if at is not None:  # no need to wait past it
+            within = max(0.0, at - trio.current_time() + tolerance)
+        try:
+            with trio.fail_after(within):
+                i = start
+                while True:
+                    while i < len(self.received):
+                        r = self.received[i]
+                        i += 1
+                        if pred(r):
+                            if at is not None and abs(r.at - at) > tolerance:
+                                raise ExpectationFailed(
+                                    f"{self.local}: {_first_line(r.msg)!r} arrived at "
+                                    f"{r.at!r}, expected at {at!r} (off by {r.at - at:+.6f} s)")
+                            return r
+                    await self._arrived.wait()
+        except trio.TooSlowError:
+            if at is None:
+                raise
+            raise ExpectationFailed(
+                f"{self.local}: nothing matching arrived by {trio.current_time()!r} "
+                f"(expected at {at!r})") from None
 
     async def expect_response(self, status: int | None = None, *, method: str | None = None,
-                              within: float = 40.0, final: bool = False) -> SipResponse:
+                              within: float = 40.0, final: bool = False,
+                              at: float | None = None, tolerance: float = TOLERANCE,
+                              start: int = 0) -> SipResponse:
+        """The first response (from index ``start`` of :attr:`received`) with this status
+        and CSeq method (None: any; ``final``: >= 200). ``at``: it must arrive at exactly
+        that virtual time (see :meth:`wait_for`)."""
         def pred(r: Received) -> bool:
             m = r.msg
             return (isinstance(m, SipResponse)
                     and (status is None or m.status == status)
                     and (not final or m.status >= 200)
                     and (method is None or m.cseq_method == method))
-        r = await self.wait_for(pred, within)
+        r = await self.wait_for(pred, within, start=start, at=at, tolerance=tolerance)
         assert isinstance(r.msg, SipResponse)
         return r.msg
 
-    async def expect_request(self, method: str | None = None, *, within: float = 40.0
-                             ) -> Received:
+    async def expect_request(self, method: str | None = None, *, within: float = 40.0,
+                             at: float | None = None, tolerance: float = TOLERANCE,
+                             start: int = 0) -> Received:
+        """The first request (from index ``start``) with this method; ``at`` as above."""
         return await self.wait_for(
             lambda r: isinstance(r.msg, SipRequest) and (method is None or r.msg.method == method),
-            within)
+            within, start=start, at=at, tolerance=tolerance)
+
+    async def expect_nothing(self, until: float, pred: Callable[[Received], bool] | None = None,
+                             ) -> None:
+        """Wait until the virtual time ``until`` and assert that nothing (matching
+        ``pred``) arrived from now until then."""
+        first = len(self.received)
+        await trio.sleep_until(until)
+        extra = [r for r in self.received[first:] if pred is None or pred(r)]
+        if extra:
+            raise ExpectationFailed(
+                f"{self.local}: expected nothing until {until!r}, got "
+                + ", ".join(f"{_first_line(r.msg)!r} at {r.at!r}" for r in extra))
+
+    def answer(self, status: int = 200, *, after: float = 0.0, ringing: float | None = None,
+               body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> None:
+        """Become a simple UAS: every INVITE gets 180 ``ringing`` seconds after it
+        arrived (if given) and ``status`` ``after`` seconds after it; BYE and CANCEL get
+        200, other requests ``status``. Retransmissions are answered again (no IST:
+        for RFC-exact behaviour use :class:`~trio_sip.testing.agents.Callee`)."""
+
+        def on_request(ua: SimUA, req: SipRequest, source: Address) -> None:
+            if req.method == "ACK":
+                return
+            if req.method in ("BYE", "CANCEL") or req.method != "INVITE":
+                code = 200 if req.method in ("BYE", "CANCEL") else status
+                ua.send_soon(source, ua.response_to(req, code, headers=headers))
+                return
+            if ringing is not None:
+                ua.send_later(ringing, source, ua.response_to(req, 180, "Ringing"))
+            ua.send_later(after, source, ua.response_to(req, status, body=body,
+                                                        headers=headers))
+
+        self.on_request = on_request
+
+    def send_later(self, delay: float, dest: Address, *messages: bytes) -> None:
+        """Like :meth:`send_soon`, ``delay`` virtual seconds from now."""
+
+        async def send_all() -> None:
+            await trio.sleep(delay)
+            for data in messages:
+                await self.transport.send(data, dest)
+
+        self._net_nursery().start_soon(send_all)
 
     def responses(self) -> list[SipResponse]:
         return [r.msg for r in self.received if isinstance(r.msg, SipResponse)]

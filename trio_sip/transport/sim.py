@@ -46,7 +46,13 @@ if one is given to :meth:`SimNetwork.transport`.
    counters in :meth:`SimNetwork.statistics` are not bounded.
 
 Partitions are checked when a message is sent; copies already in flight still
-arrive. Sending to an address with no transport is a loss ("no-listener"),
+arrive. A partition may heal by itself (``partition(a, b, heal_after=30)``, a task of
+the network removes it then) or be healed by hand (:meth:`SimNetwork.heal`, all or
+one :class:`Partition`).
+
+Delay distributions: ``LinkSpec.delay`` is a uniform range or any function of the
+link's RNG; :func:`exponential_delay`, :func:`normal_delay` and
+:func:`lognormal_delay` make the usual ones (bounded, so a test stays bounded). Sending to an address with no transport is a loss ("no-listener"),
 decided on arrival, so a transport created while a message is in flight gets it.
 """
 
@@ -68,7 +74,17 @@ import trio
 from trio_sip.transport.base import Address, MessageHandler, TransportCounters, TransportStats
 from trio_sip.transport.guard import LoopbackGuard
 
-__all__ = ["LinkSpec", "SimNetwork", "SimStats", "SimTransport", "TraceEntry"]
+__all__ = [
+    "LinkSpec",
+    "Partition",
+    "SimNetwork",
+    "SimStats",
+    "SimTransport",
+    "TraceEntry",
+    "exponential_delay",
+    "lognormal_delay",
+    "normal_delay",
+]
 
 logger = logging.getLogger("trio_sip.transport")
 
@@ -81,6 +97,63 @@ def _check_range(name: str, value: tuple[float, float]) -> None:
     low, high = value
     if not 0 <= low <= high:
         raise ValueError(f"LinkSpec.{name} must satisfy 0 <= low <= high, got {value}")
+
+
+def _bounded(name: str, draw: Callable[[random.Random], float], minimum: float,
+             maximum: float) -> Callable[[random.Random], float]:
+    if not 0.0 <= minimum <= maximum:
+        raise ValueError(f"{name}: need 0 <= minimum <= maximum, got {minimum}, {maximum}")
+
+    def delay(rng: random.Random) -> float:
+        return min(max(draw(rng), minimum), maximum)
+
+    delay.__qualname__ = delay.__name__ = name
+    return delay
+
+
+def exponential_delay(mean: float, *, minimum: float = 0.0,
+                      maximum: float = math.inf) -> Callable[[random.Random], float]:
+    """A delay of ``minimum`` plus an exponential part of mean ``mean`` (a queue's
+    waiting time: mostly short, a long tail), capped at ``maximum``."""
+    if not mean > 0:
+        raise ValueError(f"exponential_delay: mean must be > 0, got {mean}")
+    return _bounded(f"exponential_delay({mean})",
+                    lambda rng: minimum + rng.expovariate(1.0 / mean), minimum, maximum)
+
+
+def normal_delay(mean: float, stddev: float, *, minimum: float = 0.0,
+                 maximum: float = math.inf) -> Callable[[random.Random], float]:
+    """A normally distributed delay (jitter around ``mean``), clamped to
+    ``[minimum, maximum]``."""
+    if stddev < 0:
+        raise ValueError(f"normal_delay: stddev must be >= 0, got {stddev}")
+    return _bounded(f"normal_delay({mean}, {stddev})",
+                    lambda rng: rng.gauss(mean, stddev), minimum, maximum)
+
+
+def lognormal_delay(median: float, sigma: float, *, minimum: float = 0.0,
+                    maximum: float = math.inf) -> Callable[[random.Random], float]:
+    """A log-normal delay of median ``median`` (heavy-tailed, like real RTTs),
+    clamped to ``[minimum, maximum]``."""
+    if not median > 0 or sigma < 0:
+        raise ValueError(f"lognormal_delay: need median > 0 and sigma >= 0, got "
+                         f"{median}, {sigma}")
+    return _bounded(f"lognormal_delay({median}, {sigma})",
+                    lambda rng: rng.lognormvariate(math.log(median), sigma), minimum, maximum)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Partition:
+    """A cut between two sets of addresses (both ways), from :meth:`SimNetwork.partition`."""
+
+    side_a: frozenset[Address]
+    side_b: frozenset[Address]
+    #: when it was made, and when it heals by itself (inf: only by hand)
+    since: float
+    heals_at: float = math.inf
+
+    def separates(self, a: Address, b: Address) -> bool:
+        return (a in self.side_a and b in self.side_b) or (a in self.side_b and b in self.side_a)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +322,7 @@ class SimNetwork:
         self._default = default if default is not None else LinkSpec()
         self._links: dict[tuple[Address, Address], LinkSpec] = {}
         self._rngs: dict[tuple[str, Address, Address], random.Random] = {}
-        self._partitions: list[tuple[frozenset[Address], frozenset[Address]]] = []
+        self._partitions: list[Partition] = []
         self._transports: dict[tuple[str, Address], SimTransport] = {}
         self._heap: list[tuple[float, int, _Packet]] = []
         self._seq = 0
@@ -341,19 +414,67 @@ class SimNetwork:
         """The spec in force from ``src`` to ``dst``."""
         return self._links.get((src, dst), self._default)
 
-    def partition(self, side_a: Iterable[Address], side_b: Iterable[Address]) -> None:
+    def partition(
+        self,
+        side_a: Iterable[Address],
+        side_b: Iterable[Address],
+        *,
+        heal_after: float | None = None,
+    ) -> Partition:
         """Cut every path between an address of ``side_a`` and one of ``side_b`` (both ways).
 
-        Partitions add up until :meth:`heal`.
+        Partitions add up until healed: by :meth:`heal`, or by themselves
+        ``heal_after`` seconds from now (a task of the network removes it then; a
+        message sent at that very instant already passes).
         """
-        self._partitions.append((frozenset(side_a), frozenset(side_b)))
+        if heal_after is not None and not heal_after >= 0:
+            raise ValueError(f"heal_after must be >= 0, got {heal_after}")
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # configured before trio.run: only by-hand healing makes sense
+            if heal_after is not None:
+                raise
+            now = 0.0
+        heals_at = math.inf if heal_after is None else now + heal_after
+        p = Partition(frozenset(side_a), frozenset(side_b), now, heals_at)
+        self._partitions.append(p)
+        if heal_after is not None:
+            if self._nursery is None:
+                raise RuntimeError("a partition that heals needs the network running")
+            self._nursery.start_soon(self._heal_at, p)
+        return p
 
-    def heal(self) -> None:
-        """Remove every partition."""
-        self._partitions.clear()
+    async def _heal_at(self, p: Partition) -> None:
+        await trio.sleep_until(p.heals_at)
+        self.heal(p)
+
+    def heal(self, partition: Partition | None = None) -> None:
+        """Remove ``partition``, or every partition."""
+        if partition is None:
+            self._partitions.clear()
+        elif partition in self._partitions:
+            self._partitions.remove(partition)
+
+    @property
+    def partitions(self) -> list[Partition]:
+        """The partitions in force."""
+        now = self._now()
+        return [p for p in self._partitions if now < p.heals_at]
 
     def partitioned(self, a: Address, b: Address) -> bool:
-        return any((a in x and b in y) or (a in y and b in x) for x, y in self._partitions)
+        """Whether a partition in force separates ``a`` and ``b`` (one that heals at this
+        very instant no longer does, whichever task runs first)."""
+        if not self._partitions:
+            return False
+        now = self._now()
+        return any(p.separates(a, b) and now < p.heals_at for p in self._partitions)
+
+    @staticmethod
+    def _now() -> float:
+        try:
+            return trio.current_time()
+        except RuntimeError:
+            return -math.inf
 
     def statistics(self) -> SimStats:
         return SimStats(**self._stats)

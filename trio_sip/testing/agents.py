@@ -1,5 +1,17 @@
-"""Scripted user agents for chaos tests: a UAC and a UAS that follow RFC 3261 on a lossy
-:class:`~trio_sip.transport.sim.SimNetwork`, in virtual time.
+"""Scripted SIP endpoints with behaviours: a UAC (:class:`Caller`) and a UAS
+(:class:`Callee`) that follow RFC 3261 on a lossy :class:`~trio_sip.transport.sim.SimNetwork`,
+in virtual time. Where :class:`~trio_sip.testing.ua.SimUA` sends exactly what a test
+writes, these retransmit, ACK, CANCEL and hang up on their own, so a test states a
+behaviour ("answers after 2 s", "rings forever", "crashes in the dialog") and then checks
+what each side recorded::
+
+    bob = Callee(net, Address("127.0.0.3", 5060), "bob", "answer", final_after=2.0)
+    alice = Caller(net, Address("127.0.0.2", 5060), "alice", proxy, [bob.uri], hold=5)
+    nursery.start_soon(bob.run)
+    nursery.start_soon(alice.run)
+    alice.dial()
+    ...
+    assert [s for _, s, _ in alice.finals] == [200]
 
 They are built on the project's own sans-IO transaction machines (ring 1 tests them),
 so what they do on the wire is the RFC's, and what they add is the transaction user:
@@ -10,8 +22,9 @@ so what they do on the wire is the RFC's, and what they add is the transaction u
   retransmission (§13.2.2.4), sends BYE after a hold time (NICT), or crashes in the
   dialog. A second 2xx of another fork is ACKed and hung up at once (§13.2.2.4).
 * :class:`Callee` answers per its behaviour: ``answer`` (180 then 200 after delays),
-  ``ring`` (180, never a final), ``busy`` (486), ``decline`` (603), ``never`` (silent:
-  not even a CANCEL is answered), ``crash`` (200, then gone). An IST answers INVITE
+  ``ring`` (180, never a final), ``busy`` (486), ``decline`` (603; ``code=`` picks
+  another final, e.g. 600 or 604, or a 4xx/5xx), ``never`` (silent: not even a CANCEL
+  is answered), ``crash`` (200, then gone ``crash_after`` seconds later). An IST answers INVITE
   retransmissions and retransmits a non-2xx final (Timer G/H); the 2xx is retransmitted
   by the TU, T1 doubling to T2, until the ACK or 64*T1 (§13.3.1.4). A CANCEL gets 200
   and, while no final was sent, a 487 to the INVITE (§9.2); a BYE 200 (481 without a
@@ -34,11 +47,11 @@ from typing import Any
 
 import trio
 
-from trio_sip.sip.errors import BadMessage
-from trio_sip.sip.message import SipMessage, SipRequest, SipResponse
-from trio_sip.sip.parser import parse_message_untrusted
-from trio_sip.testing import build_message
-from trio_sip.transaction import (
+from ..sip.errors import BadMessage
+from ..sip.message import SipMessage, SipRequest, SipResponse
+from ..sip.parser import parse_message_untrusted
+from ..sip.reply import reason_phrase
+from ..transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
     ISTState,
@@ -52,9 +65,12 @@ from trio_sip.transaction import (
     TimerConfig,
     Transmit,
 )
-from trio_sip.transaction.actions import Action
-from trio_sip.transport.base import Address
-from trio_sip.transport.sim import SimNetwork
+from ..transaction.actions import Action
+from ..transport.base import Address
+from ..transport.sim import SimNetwork
+from .ua import build_message
+
+__all__ = ["BEHAVIOURS", "Callee", "Caller", "Dialog", "Endpoint", "Leg", "describe"]
 
 Machine = (ClientInviteTransaction | ClientNonInviteTransaction | ServerInviteTransaction
            | ServerNonInviteTransaction)
@@ -249,13 +265,23 @@ class Dialog:
 
 
 class Caller(Endpoint):
-    """One call: INVITE to ``targets[0]``, forked by the proxy to the others (X-Fork)."""
+    """One call: INVITE to ``targets[0]`` through ``proxy`` (the other targets go in an
+    ``X-Fork`` header, for routes that fork to them). ``cancel_after``: CANCEL that many
+    seconds after :meth:`start` unless a final came; ``hold``: BYE that long after the
+    2xx; ``crash_in_dialog``: gone that long after the 2xx instead. What happened is in
+    ``finals``, ``dialogs``, ``cancel_status``, ``invite_timed_out``."""
 
     def __init__(self, net: SimNetwork, local: Address, name: str, proxy: Address,
                  targets: list[str], *, cancel_after: float | None = None, hold: float = 2.0,
-                 crash_in_dialog: float | None = None, timers: TimerConfig | None = None
+                 crash_in_dialog: float | None = None, timers: TimerConfig | None = None,
+                 headers: list[tuple[str, str]] | None = None, sdp: bytes | None = None
                  ) -> None:
         super().__init__(net, local, name, timers)
+        #: extra headers of the INVITE, and its SDP offer (application/sdp)
+        self.headers = list(headers or [])
+        self.sdp = sdp if sdp is not None else (
+            f"v=0\r\no={name} 1 1 IN IP4 {local.host}\r\ns=-\r\nc=IN IP4 {local.host}\r\n"
+            f"t=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n").encode()
         self.proxy = proxy
         self.targets = targets
         self.cancel_after = cancel_after
@@ -275,14 +301,23 @@ class Caller(Endpoint):
         self.dialogs: dict[str, Dialog] = {}
         self._ict: ClientInviteTransaction | None = None
 
+    def dial(self, delay: float = 0.0) -> None:
+        """Place the call ``delay`` seconds from now (in the agent's task: :meth:`run`
+        must be running)."""
+        self.later(delay, self.start)
+
     async def start(self) -> None:
+        """Send the INVITE now (from the agent's own task; see :meth:`dial`)."""
         now = trio.current_time()
         self.started_at = now
         extra = [("X-Fork", ",".join(self.targets[1:]))] if len(self.targets) > 1 else []
+        extra += self.headers
+        if self.sdp:
+            extra.append(("Content-Type", "application/sdp"))
         data = request_bytes("INVITE", self.targets[0], local=self.local, branch=self.branch,
                              from_uri=self.uri, from_tag=self.from_tag, to_uri=self.targets[0],
                              call_id=self.call_id, cseq=1, contact=self.uri, extra=extra,
-                             body=b"v=0\r\n")
+                             body=self.sdp)
         req = parse_message_untrusted(data)
         assert isinstance(req, SipRequest)
         self._ict = ClientInviteTransaction(req, data, False, self.timers, now)
@@ -428,12 +463,21 @@ class Leg:
 
 
 class Callee(Endpoint):
+    """A UAS with a behaviour (see the module doc): ``ring_after`` seconds after an INVITE
+    it sends 180, ``final_after`` seconds after it its final; ``trying`` sends 100 at once;
+    ``code`` replaces the final of ``busy``/``decline`` (300-699)."""
+
     def __init__(self, net: SimNetwork, local: Address, name: str, behaviour: str, *,
                  ring_after: float = 0.2, final_after: float = 1.0, crash_after: float = 0.5,
-                 trying: bool = True, timers: TimerConfig | None = None) -> None:
+                 trying: bool = True, code: int | None = None,
+                 timers: TimerConfig | None = None) -> None:
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"behaviour must be one of {BEHAVIOURS}, got {behaviour!r}")
+        if code is not None and not (300 <= code <= 699 and behaviour in FINAL_OF):
+            raise ValueError("code= is a 300-699 final for the 'busy'/'decline' behaviours")
         super().__init__(net, local, name, timers)
-        assert behaviour in BEHAVIOURS
         self.behaviour = behaviour
+        self.code = code
         self.ring_after = ring_after
         self.final_after = final_after
         self.crash_after = crash_after
@@ -502,6 +546,8 @@ class Callee(Endpoint):
             self.later(self.final_after, lambda: self._answer(leg))
         elif self.behaviour in FINAL_OF:
             code, reason = FINAL_OF[self.behaviour]
+            if self.code is not None:
+                code, reason = self.code, reason_phrase(self.code)
             self.later(self.final_after, lambda: self._final(leg, code, reason))
 
     async def _respond(self, leg: Leg, code: int, reason: str) -> bytes:
