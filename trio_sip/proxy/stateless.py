@@ -19,9 +19,9 @@ from typing import Final
 
 from ..sip.errors import BadMessage
 from ..sip.headers import NameAddr, Via
+from ..sip.iplit import parse_ip
 from ..sip.message import SipRequest, SipResponse
 from ..sip.uri import URI, parse_uri_untrusted
-from ..transport.base import parse_ip
 
 MAGIC_COOKIE: Final = "z9hG4bK"
 

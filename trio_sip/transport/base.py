@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
+from ..sip.iplit import parse_ip
+
 
 @dataclass(frozen=True, slots=True)
 class Address:
@@ -145,30 +147,6 @@ def address_from_sockaddr(sockaddr: object) -> Address:
     assert isinstance(host, str)
     assert isinstance(port, int)
     return Address(host, port)
-
-
-#: bounded memo of :func:`parse_ip` (a proxy sees few distinct hosts, but a hostile
-#: peer could make us see many: the memo is cleared when it reaches this size)
-_IP_MEMO_MAX = 4096
-_ip_memo: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address | None] = {}
-
-
-def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """``ipaddress.ip_address(host)``, or None when ``host`` is not an IP literal; memoized
-    (the guard, the Via ``received`` check and the transports ask for the same few hosts on
-    every message, and ``ip_address`` costs microseconds)."""
-    try:
-        return _ip_memo[host]
-    except KeyError:
-        pass
-    try:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
-    if len(_ip_memo) >= _IP_MEMO_MAX:
-        _ip_memo.clear()
-    _ip_memo[host] = ip
-    return ip
 
 
 def is_ip_literal(host: str) -> bool:
