@@ -17,7 +17,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from trio_sip.transport.base import Address, parse_ip
+from trio_sip.sip.iplit import parse_ip
+from trio_sip.transport.base import Address
 
 __all__ = ["LoopbackGuard", "is_loopback_host"]
 
