@@ -248,6 +248,22 @@ def test_check_problems_exit_1(
     assert out == "r.lua:3: unknown function KSR.tm.t_rely\nr.lua:9: wrong route type\n"
 
 
+def test_ctl_passes_its_options_to_run_ctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trio_sip.mi.client
+
+    calls: list[tuple[object, ...]] = []
+
+    def fake_run_ctl(method: str | None, params: list[str], **kw: object) -> int:
+        calls.append((method, params, kw["as_json"], kw["url"], kw["raw_params"]))
+        return 7
+
+    monkeypatch.setattr(trio_sip.mi.client, "run_ctl", fake_run_ctl)
+    assert main(["ctl", "--json", "--url", "http://127.0.0.1:9/", "cfg.get", "tm"]) == 7
+    assert main(["ctl", "--params", "[1]", "tm.list"]) == 7
+    assert calls == [("cfg.get", ["tm"], True, "http://127.0.0.1:9/", None),
+                     ("tm.list", [], False, None, "[1]")]
+
+
 def test_check_takes_the_same_options(server: FakeServer, log_levels: list[str]) -> None:
     assert main(["check", "--listen", "tcp:127.0.0.1:6000", "--log-level", "notice"]) == 0
     [(_, config)] = server.configs

@@ -41,8 +41,10 @@ async def _err(env: Any, method: str, params: Any) -> MiError:
     return exc.value
 
 
-async def test_get_list_and_type_checked_sets(autojump_clock: Any, write_routes: Any) -> None:
-    async with sim_server(write_routes(RELAY)) as env:
+async def test_get_list_and_type_checked_sets(autojump_clock: Any, write_routes: Any,
+                                              tmp_path: Any) -> None:
+    async with sim_server(write_routes(RELAY),
+                          config={"core": {"data_dir": str(tmp_path)}}) as env:
         listed = await env.call("cfg.list")
         names = {(v["group"], v["name"]) for v in listed}
         assert {("tm", "fr_timer"), ("tm", "fr_inv_timer"), ("tm", "wt_timer"),
@@ -94,7 +96,12 @@ async def test_get_list_and_type_checked_sets(autojump_clock: Any, write_routes:
         assert env.server.core.tm.params.fr_timer == 10000
         assert "new transactions" in await env.call("cfg.help", ["tm", "fr_timer"])
 
-        # a module param: validated by the module's rules, read at its next use
+        # module params: validated by the module's rules, read at their next use
+        assert (await env.call("cfg.set", ["app_lua", "budget_ms", "250"]))["new"] == 250
+        e = await _err(env, "cfg.set", ["app_lua", "budget_instructions", -1])
+        assert "budget_instructions must be >= 0" in e.message
+        e = await _err(env, "cfg.set", ["app_lua", "mi_runstring", True])
+        assert e.code == INVALID_PARAMS  # not runtime-settable: MI cannot enable itself
         assert (await env.call("cfg.set", ["registrar", "max_expires", 120]))["new"] == 120
         e = await _err(env, "cfg.set", ["registrar", "min_expires", -1])
         assert e.message == "registrar.min_expires = -1 refused: expiries must be >= 0"
@@ -161,3 +168,5 @@ async def test_debug_level(autojump_clock: Any, write_routes: Any, root_level: N
             e = await _err(env, method, bad)
             assert e.code in (INVALID_PARAMS, COMMAND_FAILED), e
         assert logging.getLogger().level == 25
+        logging.getLogger().setLevel(logging.NOTSET)  # logs everything: Kamailio's 3
+        assert await env.call("corex.debug") == {"debug": 3}

@@ -185,6 +185,9 @@ def test_readable_output() -> None:
     assert format_result([{"a": {"b": 1}}, [1, 2]]) == "- a:\n    b: 1\n- 1\n  2"
     assert format_result("text\nwith lines") == "text\nwith lines"
     assert format_result({"doc": "two\nlines"}) == "doc:\n  two\n  lines"
+    assert format_result({"params": ["group", "name?"], "n": 1}) == "params: group, name?\nn:      1"
+    long = [f"item-{i:03}" for i in range(10)]
+    assert format_result({"k": long}) == "k:\n" + "\n".join(f"  {x}" for x in long)
 
 
 async def test_run_ctl_json_and_readable() -> None:

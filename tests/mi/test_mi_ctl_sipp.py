@@ -85,6 +85,15 @@ def test_ctl_after_sipp_registrations_and_calls(tmp_path: Path) -> None:
         r = server.ctl("ul.lookup", "location", "nobody")
         assert (r.returncode, r.stderr) == (1, "error -32000: AOR not found\n")
 
+        # runtime settings from the command line
+        r = server.ctl("cfg.set", "tm", "fr_inv_timer", "60000")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[2:] == ["old:   120000", "new:   60000"]
+        r = server.ctl("cfg.set", "tm", "fr_inv_timer", "999999")
+        assert r.returncode == 1 and "must be <= tm.max_inv_lifetime" in r.stderr
+        r = server.ctl("--json", "debug.level")
+        assert json.loads(r.stdout) == {"level": "warning", "debug": 0}
+
         # the same counters for Prometheus
         req = urllib.request.Request(server.url + "metrics",
                                      headers={"Authorization": f"Bearer {TOKEN}"})
@@ -93,3 +102,62 @@ def test_ctl_after_sipp_registrations_and_calls(tmp_path: Path) -> None:
         line = next(x for x in text.splitlines()
                     if x.startswith("trio_sip_tm_2xx_transactions_total "))
         assert int(line.split()[1]) == tm["2xx"]
+
+
+SLEEPING = """
+VERSION = "{version}"
+function ksr_request_route()
+  if KSR.is_CANCEL() then
+    if KSR.tm.t_check_trans() > 0 then KSR.tm.t_relay() end
+    return
+  end
+  if KSR.is_ACK() then KSR.tm.t_relay() return end
+  if KSR.is_INVITE() then
+    KSR.async.sleep(1)  -- the calls in flight wait here when the reload lands
+    local n = "$shv(" .. VERSION .. ")"
+    KSR.pv.seti(n, (KSR.pv.get(n) or 0) + 1)
+  end
+  KSR.tm.t_relay()
+end
+"""
+
+
+def test_reload_during_sipp_calls_loses_none(tmp_path: Path) -> None:
+    """Real time: SIPp calls through a route that sleeps 1 s; app_lua.reload (ctl) while
+    calls wait in it and more keep coming: every call completes, the ones that started
+    before the reload finish on the old routes, the later ones run the new routes."""
+    import time
+
+    calls = 30
+    routes = tmp_path / "routes.lua"
+    routes.write_text(SLEEPING.format(version="v1"))
+    with spawn_server(str(routes), TOKEN, "modparams.app_lua.mi_runstring=true") as server:
+        with Sipp("uas.xml", calls=calls, timeout=60).start() as uas, \
+                Sipp("uac.xml", remote=uas.port, via=server.sip_port, rate=10, calls=calls,
+                     timeout=60).start() as uac:
+            deadline = time.monotonic() + 20
+            while True:  # a few calls are waiting in the route (no fixed sleep)
+                r = server.ctl("--json", "tm.stats")
+                assert r.returncode == 0, r.stderr
+                if json.loads(r.stdout)["current"] >= 3:
+                    break
+                assert time.monotonic() < deadline, "no call arrived"
+                time.sleep(0.05)
+            routes.write_text(SLEEPING.format(version="v2"))
+            r = server.ctl("--json", "app_lua.reload")
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["generation"] == 2
+            result = uac.wait()
+            uas_result = uas.wait()
+        assert result.ok and result.successful == calls, result.describe()
+        assert uas_result.successful == calls, uas_result.describe()
+        # which routes each INVITE ran, asked with app_lua.runstring (enabled above)
+        r = server.ctl("--json", "app_lua.runstring",
+                       'return (KSR.pv.get("$shv(v1)") or 0) .. " " .. '
+                       '(KSR.pv.get("$shv(v2)") or 0)')
+        assert r.returncode == 0, r.stderr
+        v1, v2 = (int(x) for x in json.loads(r.stdout)["result"].split())
+        assert v1 >= 3 and v2 >= 1 and v1 + v2 == calls, (v1, v2)
+        r = server.ctl("--json", "app_lua.list")
+        # nothing of generation 1 waits any more; its transactions may still linger (wt)
+        assert all(o["pending_coroutines"] == 0 for o in json.loads(r.stdout)["older"])

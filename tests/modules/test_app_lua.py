@@ -270,3 +270,17 @@ async def test_mi_runstring_is_off_unless_enabled_and_has_the_budget(
         assert got == {"result": "]] error('x') --[[\n\"'"}
         # the server is fine: it still answers
         assert (await ask(env, env.uac.request("OPTIONS", "sip:127.0.0.1"))).status == 200
+
+
+@pytest.mark.parametrize("engine", ["lua51", "lua54", "luajit"])
+def test_a_chunk_waits_with_every_engine(engine: str) -> None:
+    """The chunk's wait goes through its own coroutine to the route's driver (no yield
+    across pcall, so plain Lua 5.1 can wait too), and it resumes with the result."""
+    direct = Direct(engine)
+    ctx = direct.ctx(OPTIONS)
+    step = direct.run(ctx, "local r = KSR.app_lua.runstring('tsip_t_x = KSR.async.ms_sleep(10)')"
+                           " return r")
+    assert step.yielded and type(step.value).__name__ == "SleepOp"
+    done = direct.engine.resume(step.co_id, ctx, 7)
+    assert done.done and done.value == 1
+    assert direct.value(ctx, "tsip_t_x") == 7

@@ -55,17 +55,25 @@ from .registry import COMMAND_FAILED, InvalidParams, MiCommand, MiContext, MiErr
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["KAMAILIO_DEBUG", "CfgVar", "commands", "runtime_param", "variables"]
+__all__ = ["KAMAILIO_DEBUG", "CfgVar", "commands", "kamailio_debug", "runtime_param",
+           "variables"]
 
 #: Kamailio's debug numbers and the log level names they are here
 KAMAILIO_DEBUG: Final[dict[int, str]] = {
     3: "debug", 2: "info", 1: "notice", 0: "warning", -1: "error", -2: "critical",
     -3: "critical", -4: "critical", -5: "critical",
 }
-_LEVEL_TO_DEBUG: Final[dict[int, int]] = {
-    logging.DEBUG: 3, logging.INFO: 2, 25: 1, logging.WARNING: 0, logging.ERROR: -1,
-    logging.CRITICAL: -2,
-}
+#: (highest Python level, Kamailio number): a level up to DEBUG is 3, up to INFO 2...
+_LEVEL_TO_DEBUG: Final = ((logging.DEBUG, 3), (logging.INFO, 2), (25, 1),
+                          (logging.WARNING, 0), (logging.ERROR, -1))
+
+
+def kamailio_debug(level: int) -> int:
+    """Kamailio's debug number for a Python log level (NOTSET logs everything: 3)."""
+    for top, number in _LEVEL_TO_DEBUG:
+        if level <= top:
+            return number
+    return -2
 
 
 def runtime_param(default: Any, **kwargs: Any) -> Any:
@@ -150,7 +158,7 @@ def _apply_log_level(ctx: MiContext, name: str) -> None:
 
 def _debug_var(ctx: MiContext) -> CfgVar:
     def get() -> int:
-        return _LEVEL_TO_DEBUG.get(logging.getLogger().getEffectiveLevel(), 0)
+        return kamailio_debug(logging.getLogger().getEffectiveLevel())
 
     def put(value: int) -> None:
         if value not in KAMAILIO_DEBUG:

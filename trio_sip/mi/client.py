@@ -18,7 +18,8 @@ convention). The server is ``--url``, else ``$TRIO_SIP_MI_URL``, else the
 The result is printed readably (:func:`format_result`): a mapping as ``key: value``
 lines with nested mappings and lists indented under their key, a list of scalars one
 per line, a list of records (mappings with scalar values) as a table with a header
-line; strings without quotes. ``--json`` prints the raw result as indented JSON
+line, a short list of scalars under a key on the key's line (``a, b``); strings without
+quotes. ``--json`` prints the raw result as indented JSON
 instead (what scripts should parse). Exit status: 0 success, 1 the server
 answered a JSON-RPC error, 2 usage, connection or HTTP errors.
 
@@ -200,6 +201,8 @@ def run_ctl(method: str | None, params: Sequence[str], *, url: str | None = None
 
 #: a table is drawn for a list of at most this many records with scalar values
 _MAX_TABLE_COLUMNS: Final = 12
+#: a list of scalars under a key is shown on the key's line up to this width
+_INLINE_WIDTH: Final = 60
 
 
 def _scalar(value: Any) -> str:
@@ -264,6 +267,9 @@ def _lines(value: Any, indent: str) -> list[str]:
                     out.extend(indent + "  " + t for t in text.splitlines())
             elif isinstance(item, (dict, list)) and not item:
                 out.append(f"{indent}{label:<{width}} (none)")
+            elif isinstance(item, list) and all(_is_scalar(x) for x in item) and len(
+                    inline := ", ".join(_scalar(x) for x in item)) <= _INLINE_WIDTH:
+                out.append(f"{indent}{label:<{width}} {inline}")
             else:
                 out.append(f"{indent}{label}")
                 out.extend(_lines(item, indent + "  "))

@@ -424,7 +424,8 @@ def transport_stats(params: Any, ctx: MiContext) -> Any:
 def app_lua_reload(params: Mapping[str, Any], ctx: MiContext) -> Any:
     """Reload the routes: a new Lua engine loads and checks the file and replaces the
     running one only if that succeeded (else the error says why and nothing changed).
-    Routes waiting at the time finish on the code they started with."""
+    Calls in flight finish on the code they started with: routes waiting at the time,
+    and the failure/onreply/branch routes their transactions armed."""
     from ..script.engine import ScriptError
     from .reload import reload_routes
 

@@ -52,9 +52,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from ..mi.cfg import runtime_param
 from ..mi.registry import COMMAND_FAILED, UNAVAILABLE, InvalidParams, MiContext, MiError
 from ..script.context import MsgContext
 from ..script.exports import ModuleBuilder, RouteType
@@ -74,9 +75,9 @@ class AppLuaParams:
     """``[modparams.app_lua]``."""
 
     #: Lua instructions one runstring/dostring/dofile/run may execute (0: no limit)
-    budget_instructions: int = field(default=10_000_000, metadata={"runtime": True})
+    budget_instructions: int = runtime_param(10_000_000)
     #: CPU milliseconds one of them may take, waits excluded (0: no limit)
-    budget_ms: int = field(default=1000, metadata={"runtime": True})
+    budget_ms: int = runtime_param(1000)
     #: allow the MI command app_lua.runstring (operators running Lua in the server)
     mi_runstring: bool = False
 
