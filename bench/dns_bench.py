@@ -31,10 +31,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.dnsmasq import Dnsmasq, DnsRecords  # noqa: E402
-from trio_sip.config import DnsConfig  # noqa: E402
-from trio_sip.dns import Query, SipResolver  # noqa: E402
-from trio_sip.sip.uri import parse_uri_untrusted  # noqa: E402
+from tests.support.dnsmasq import Dnsmasq, DnsRecords
+from trio_sip.config import DnsConfig
+from trio_sip.dns import Query, SipResolver
+from trio_sip.sip.uri import parse_uri_untrusted
 
 ALL = ("udp", "tcp", "tls")
 URI = parse_uri_untrusted("sip:bob@example.test")

@@ -591,7 +591,8 @@ class DnsConfig(_Section):
 
     ``nameservers``: ``"ADDR[:PORT]"`` entries (``[V6]:PORT``), asked in turn; empty
     (the default) means the system's (/etc/resolv.conf). While ``core.loopback_only``
-    is on only loopback nameservers are asked. ``timeout`` (seconds) bounds one try
+    is on only loopback nameservers listed here are asked (not the system's: even a
+    loopback stub resolver forwards beyond the machine). ``timeout`` (seconds) bounds one try
     of one server and ``attempts`` is the number of rounds over all of them
     (Kamailio ``dns_retr_time``/``dns_retr_no``). The cache holds ``cache_size``
     answers, each for its TTL clamped to ``min_ttl``..``max_ttl``; NXDOMAIN/NODATA

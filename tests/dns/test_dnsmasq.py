@@ -117,3 +117,10 @@ async def test_the_loopback_guard_keeps_foreign_nameservers_unasked() -> None:
 @pytest.mark.parametrize("text", ["127.0.0.1:30053", "[::1]:53", "127.0.0.1"])
 def test_nameserver_syntax(text: str) -> None:
     DnsConfig(nameservers=(text,))
+
+
+async def test_with_the_guard_on_the_system_resolver_is_not_asked() -> None:
+    r = SipResolver(DnsConfig(), loopback_only=True)
+    assert r.backend.nameservers == []  # type: ignore[attr-defined]
+    res = await r.resolve(parse_uri_untrusted("sip:bob@example.com"), ALL)
+    assert not res.ok and res.failure is DnsFailure.REFUSED

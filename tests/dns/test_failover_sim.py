@@ -312,3 +312,29 @@ async def test_stateless_forward_uses_the_first_target(autojump_clock: Any,
         await uac.send(invite(uac, "sip:bob@nowhere.test"), PROXY)
         await uac.expect_response(478, within=5)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_send_failure_fails_over_at_once_even_to_another_transport(
+        autojump_clock: Any, write_routes: Any) -> None:
+    dns = ScriptedDns()
+    # NAPTR: TCP first (order 10), then UDP (order 20); nothing accepts TCP at a
+    dns.naptr("example.test", (10, 10, "S", "SIP+D2T", "", "_sip._tcp.example.test"),
+              (20, 10, "S", "SIP+D2U", "", "_sip._udp.example.test"))
+    dns.srv("_sip._tcp.example.test", (10, 0, A.port, "a.example.test"))
+    dns.srv("_sip._udp.example.test", (10, 0, B.port, "b.example.test"))
+    dns.a("a.example.test", A.host)
+    dns.a("b.example.test", B.host)
+    async with SimNetwork(seed=13) as net, trio.open_nursery() as nursery:
+        server = await start_server(nursery, net, routes=routes(write_routes),
+                                    protos=("udp", "tcp"))
+        use_scripted_dns(server, dns)
+        uac, b = SimUA(net, UAC), SimUA(net, B)
+        answers(b, 200)
+        start = trio.current_time()
+        await uac.send(invite(uac, "sip:bob@example.test"), PROXY)
+        ok = await uac.expect_response(200, within=5)
+        assert next(r for r in uac.received if r.msg is ok).at - start == 0.0
+        # the UDP branch carries a UDP Via of ours
+        assert b.requests()[0].vias[0].transport == "UDP"
+        assert server.core.tm.stats["dns_failovers"] == 1
+        nursery.cancel_scope.cancel()

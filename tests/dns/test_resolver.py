@@ -301,3 +301,57 @@ def test_srv_zero_weights_are_rarely_first_but_kept() -> None:
 
 def test_target_text() -> None:
     assert str(Target("tcp", "::1", 5060)) == "tcp:[::1]:5060"
+
+
+async def test_concurrent_resolutions_of_one_name_ask_once(autojump_clock: Any) -> None:
+    dns = ScriptedDns()
+    dns.a("burst.test", "127.0.0.80")
+    dns.delay("burst.test", 1.0)
+    r = resolver(dns, ipv6=False)
+    got: list[list[str]] = []
+
+    async def go() -> None:
+        got.append(targets(await r.resolve(parse_uri_untrusted("sip:x@burst.test:5060"), ALL)))
+
+    async with trio.open_nursery() as n:
+        for _ in range(20):
+            n.start_soon(go)
+    assert got == [["udp:127.0.0.80:5060"]] * 20
+    assert len(dns.asked("burst.test")) == 1
+    assert r.statistics()["coalesced"] == 19
+
+
+async def test_when_the_asker_is_cancelled_a_waiter_asks_itself(autojump_clock: Any) -> None:
+    dns = ScriptedDns()
+    dns.a("burst.test", "127.0.0.81")
+    dns.delay("burst.test", 2.0)
+    r = resolver(dns, ipv6=False)
+    uri = parse_uri_untrusted("sip:x@burst.test:5060")
+    result: list[list[str]] = []
+
+    async def first() -> None:
+        with trio.move_on_after(1.0):
+            await r.resolve(uri, ALL)
+
+    async def second() -> None:
+        await trio.sleep(0.5)
+        result.append(targets(await r.resolve(uri, ALL)))
+
+    start = trio.current_time()
+    async with trio.open_nursery() as n:
+        n.start_soon(first)
+        n.start_soon(second)
+    assert result == [["udp:127.0.0.81:5060"]]
+    assert len(dns.asked("burst.test")) == 2  # the second asked again at 1.0 s
+    assert trio.current_time() - start == 3.0
+
+
+async def test_a_huge_srv_answer_is_bounded(autojump_clock: Any) -> None:
+    dns = ScriptedDns()
+    dns.srv("_sip._udp.huge.test", *[(10, 1, 5000 + i, f"h{i}.huge.test") for i in range(500)])
+    for i in range(500):
+        dns.a(f"h{i}.huge.test", "127.0.0.90")
+    res = await resolver(dns, ipv6=False, max_targets=4).resolve(
+        parse_uri_untrusted("sip:x@huge.test;transport=udp"), ALL)
+    assert len(res.targets) == 4
+    assert len(dns.asked(rdtype="A")) == 4  # addresses of 4 SRV targets only

@@ -171,7 +171,8 @@ class DnspythonBackend:
                 log.warning("dns: no nameserver may be asked (%s); set dns.nameservers",
                             "refused by the loopback guard: " + ", ".join(
                                 f"{h}:{p}" for h, p in self.refused)
-                            if self.refused else "none configured or in /etc/resolv.conf")
+                            if self.refused else "none configured; with core.loopback_only "
+                            "on, the system's resolver is not used")
             return Answer((), 0.0, DnsFailure.REFUSED)
         msg = dns.message.make_query(q.name + ".", q.rdtype)
         msg.flags |= dns.flags.RD

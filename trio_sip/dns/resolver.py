@@ -10,6 +10,10 @@ a backend, on Trio.
   into the cache.
 * :meth:`SipResolver.lookup` is one question (``KSR.ipops.dns_query``, ``srv_query``).
 
+A question already in flight is not asked again: a burst of calls to a name that just
+left the cache sends one question, the others wait for its answer (each can still be
+cancelled on its own; if the one that asked is cancelled, the next asks).
+
 One resolver exists per server (``core.dns``); its cache and blocklist are shared by
 every call. Lookups never block each other: a slow DNS server delays only the calls
 waiting for that name.
@@ -42,6 +46,17 @@ class _Miss(Exception):
     pass
 
 
+class _Flight:
+    """A question being asked: its answer once it comes (None if the asker was
+    cancelled), and the event the other askers wait on."""
+
+    __slots__ = ("answer", "done")
+
+    def __init__(self) -> None:
+        self.answer: Answer | None = None
+        self.done = trio.Event()
+
+
 class SipResolver:
     """RFC 3263 resolution with a TTL cache, a blocklist and a swappable backend."""
 
@@ -49,8 +64,15 @@ class SipResolver:
                  loopback_only: bool = False, rng: random.Random | None = None) -> None:
         self.config = config
         if backend is None:
-            servers = ([parse_nameserver(s) for s in config.nameservers]
-                       if config.nameservers else system_nameservers())
+            if config.nameservers:
+                servers = [parse_nameserver(s) for s in config.nameservers]
+            elif loopback_only:
+                # The system's resolver, even on loopback (127.0.0.53), forwards beyond
+                # this machine: with the loopback guard on, only nameservers named in
+                # dns.nameservers are asked (the backend says so at the first question).
+                servers = []
+            else:
+                servers = system_nameservers()
             backend = DnspythonBackend(servers, timeout=config.timeout,
                                        attempts=config.attempts, loopback_only=loopback_only)
         #: what answers questions; tests swap in trio_sip.testing.dns.ScriptedDns
@@ -60,6 +82,8 @@ class SipResolver:
         self.blocklist = Blocklist(config.blocklist_size, config.blocklist_expire)
         self.rng = rng if rng is not None else random.Random()
         self.stats: Counter[str] = Counter()
+        #: questions being asked now, shared by every call that needs them
+        self._inflight: dict[Query, _Flight] = {}
 
     # -- plans ---------------------------------------------------------------------
 
@@ -136,12 +160,31 @@ class SipResolver:
         out[q] = await self._ask(q)
 
     async def _ask(self, q: Query) -> Answer:
-        self.stats["queries"] += 1
-        a = await self.backend.query(q)
-        if a.failure is not None:
-            self.stats[f"answers_{a.failure.value}"] += 1
-        self.cache.put(q, a, trio.current_time())
-        return a
+        """Ask the backend; a question already in flight (another call resolving the
+        same name right now) is not asked twice: we wait for its answer. If the call
+        that asked is cancelled first, we ask ourselves."""
+        for _ in range(3):  # bounded: each round another asker was cancelled
+            flight = self._inflight.get(q)
+            if flight is None:
+                break
+            self.stats["coalesced"] += 1
+            await flight.done.wait()
+            if flight.answer is not None:
+                return flight.answer
+        flight = _Flight()
+        self._inflight[q] = flight
+        try:
+            self.stats["queries"] += 1
+            a = await self.backend.query(q)
+            if a.failure is not None:
+                self.stats[f"answers_{a.failure.value}"] += 1
+            self.cache.put(q, a, trio.current_time())
+            flight.answer = a
+            return a
+        finally:
+            if self._inflight.get(q) is flight:
+                del self._inflight[q]
+            flight.done.set()
 
     # -- failover ---------------------------------------------------------------------
 

@@ -34,7 +34,11 @@ What is implemented and what is not:
 * the answers' ordering between A and AAAA follows ``prefer_ipv6``;
 * duplicates (same transport, address and port) are dropped and the list is
   bounded by ``max_targets``;
-* ``maddr`` is honoured as the host to resolve (RFC 3261 §16.5 / §19.1.1).
+* ``maddr`` is honoured as the host to resolve (RFC 3261 §16.5 / §19.1.1);
+* a question the DNS does not answer (SERVFAIL, timeout) ends the resolution with that
+  failure instead of going on to the next step (the same servers would be asked), and
+  NXDOMAIN of the host ends it too (nothing exists at or below that name, RFC 8020);
+  NODATA goes on to the next step, as RFC 3263 says.
 """
 
 from __future__ import annotations
@@ -206,6 +210,12 @@ def usable_naptr(records: Iterable[NaptrRecord], supported: Sequence[str],
     return out
 
 
+#: NAPTR services followed at most (each is one SRV question)
+_MAX_SERVICES = 8
+
+#: failures that say "the DNS did not answer", not "there is no such record"
+_HARD = frozenset({DnsFailure.TIMEOUT, DnsFailure.SERVFAIL, DnsFailure.REFUSED})
+
 Plan = Generator[list[Query], dict[Query, Answer], Resolution]
 
 
@@ -237,18 +247,19 @@ def locate(scheme: str, host: str, port: int | None, transport: str, *,
         return (yield from _addresses([(default_proto, host, port)], prefer_ipv6, ipv6,
                                       max_targets))
     if transport:
-        srv = yield from _srv_targets([(default_proto, SRV_PREFIX[default_proto] + host)], rng)
-        if srv.targets or srv.failure not in (DnsFailure.NXDOMAIN, DnsFailure.NODATA, None):
-            if srv.targets:
-                return (yield from _addresses(srv.targets, prefer_ipv6, ipv6, max_targets))
+        # §4.2: the SRV of that transport, else the host's addresses at the default port
+        srv = yield from _srv_targets([(default_proto, SRV_PREFIX[default_proto] + host)], rng,
+                                      max_targets)
+        if srv.targets:
+            return (yield from _addresses(srv.targets, prefer_ipv6, ipv6, max_targets))
+        if srv.failure in _HARD:
             return Resolution((), srv.failure)
         return (yield from _addresses([(default_proto, host, default_port)], prefer_ipv6,
                                       ipv6, max_targets))
     q = Query.of(host, "NAPTR")
     answers = yield [q]
     naptr = answers[q]
-    if naptr.failure in (DnsFailure.TIMEOUT, DnsFailure.SERVFAIL, DnsFailure.REFUSED,
-                         DnsFailure.NXDOMAIN):
+    if naptr.failure in _HARD or naptr.failure is DnsFailure.NXDOMAIN:
         # NXDOMAIN: the host has no records of any type, nor names below it (RFC 8020)
         return Resolution((), naptr.failure)
     usable = usable_naptr((r for r in naptr.records if isinstance(r, NaptrRecord)),
@@ -258,10 +269,10 @@ def locate(scheme: str, host: str, port: int | None, transport: str, *,
     else:
         protos = [p for p in supported if p in SRV_PREFIX and (p == "tls" or not secure)]
         services = [(p, SRV_PREFIX[p] + host) for p in protos]
-    srv = yield from _srv_targets(services, rng)
+    srv = yield from _srv_targets(services[:_MAX_SERVICES], rng, max_targets)
     if srv.targets:
         return (yield from _addresses(srv.targets, prefer_ipv6, ipv6, max_targets))
-    if usable and srv.failure in (DnsFailure.TIMEOUT, DnsFailure.SERVFAIL):
+    if usable and srv.failure in _HARD:
         return Resolution((), srv.failure)
     # §4.2: no SRV records: the host's addresses at the default port
     return (yield from _addresses([(default_proto, host, default_port)], prefer_ipv6, ipv6,
@@ -274,10 +285,12 @@ class _Srv:
     failure: DnsFailure | None
 
 
-def _srv_targets(services: list[tuple[str, str]], rng: random.Random
+def _srv_targets(services: list[tuple[str, str]], rng: random.Random, max_targets: int
                  ) -> Generator[list[Query], dict[Query, Answer], _Srv]:
     """SRV answers of every service name (asked together), each ordered per RFC 2782,
-    concatenated in the services' order: (transport, target host, port)."""
+    concatenated in the services' order: (transport, target host, port); at most
+    ``max_targets`` of them (a hostile answer with thousands of records must not make
+    us ask thousands of address questions)."""
     queries = [Query.of(name, "SRV") for _, name in services]
     answers = yield list(dict.fromkeys(queries))
     out: list[tuple[str, str, int]] = []
@@ -288,7 +301,7 @@ def _srv_targets(services: list[tuple[str, str]], rng: random.Random
             failure = a.failure
         srvs = [r for r in a.records if isinstance(r, SrvRecord)]
         out.extend((proto, r.target.rstrip(".").lower(), r.port) for r in order_srv(srvs, rng))
-    return _Srv(out, None if out else failure)
+    return _Srv(out[:max_targets], None if out else failure)
 
 
 def _addresses(hosts: list[tuple[str, str, int]], prefer_ipv6: bool, ipv6: bool,
