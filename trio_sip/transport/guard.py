@@ -8,8 +8,10 @@ included), counts the refusal, and logs it once per destination: loud enough
 to notice, not loud enough to flood the log when a retransmission timer keeps
 trying.
 
-Only IP literals are judged: a name cannot be checked without resolving it,
-and resolving is itself traffic, so names are refused while the guard is on.
+Only IP literals are judged: transports never resolve names. Names are the
+DNS resolver's (trio_sip/dns/): with the guard on it asks only the loopback
+nameservers listed in ``[dns] nameservers``, never the system's, and the
+addresses it returns pass through this guard like any other (docs/dns.md).
 """
 
 from __future__ import annotations
