@@ -65,7 +65,6 @@ import itertools
 import logging
 import os
 import re
-import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -693,14 +692,15 @@ def _name_addr(value: str, what: str) -> str:
     return f"<{v}>"
 
 
-_layers: weakref.WeakKeyDictionary[ProxyCore, LocalUacLayer] = weakref.WeakKeyDictionary()
-
-
 def local_uacs(core: ProxyCore) -> LocalUacLayer:
-    """The local UAC layer of a server (made on first use)."""
-    layer = _layers.get(core)
-    if layer is None:
-        layer = _layers[core] = LocalUacLayer(core)
+    """The local UAC layer of a server (made on first use), kept on the core as the other
+    per-server services are (``core.htable``, ``core.mqueue``...): it refers to its core,
+    so a module-level WeakKeyDictionary keyed by the core kept every stopped server alive
+    (found by the chaos kit's object counts)."""
+    layer = getattr(core, "local_uac", None)
+    if not isinstance(layer, LocalUacLayer):
+        layer = LocalUacLayer(core)
+        core.local_uac = layer  # type: ignore[attr-defined]
     return layer
 
 
