@@ -214,8 +214,29 @@ async def test_callee_behaviours(autojump_clock: trio.testing.MockClock, behavio
     if final == 200:
         dialog = next(iter(alice.dialogs.values()))
         assert dialog.bye_status == 200 and bob.legs and next(iter(bob.legs.values())).byes
-    assert watch.problems() == []
+    assert watch.problems() == [] and watch.unanswered() == []
     assert watch.made["transactions"] >= 1 and watch.made["branches"] >= 1
+    invite = next(i for i, (m, _, _) in watch.transactions.items() if m == "INVITE")
+    assert watch.finals[invite] == [final]
+    assert watch.finals_for(alice.call_id) == [final]
+
+
+def test_watch_judges_the_finals_sent_upstream() -> None:
+    watch = Watch()
+    done = trio.Event()
+    for i, method in enumerate(["INVITE", "INVITE", "INVITE", "BYE", "INVITE"]):
+        watch.transactions[i] = (method, f"c{i}", done)
+    watch.finals = {0: [200, 200], 1: [486, 487], 2: [200, 603], 3: [200, 200], 4: [487, 200]}
+    assert watch.final_problems() == [
+        "INVITE#1: several non-2xx finals upstream [486, 487]",
+        "INVITE#2: a non-2xx after a 2xx upstream [200, 603]",
+        "BYE#3: several finals upstream [200, 200]",
+    ]
+    assert watch.late_2xx() == 1
+    watch.transactions[5] = ("CANCEL", "c5", done)
+    assert watch.unanswered() == []  # not finished yet
+    done.set()
+    assert watch.unanswered() == ["CANCEL#5"]
 
 
 async def test_callee_crash_in_the_dialog(autojump_clock: trio.testing.MockClock) -> None:
@@ -249,6 +270,40 @@ async def test_watch_reports_a_resume_after_the_transaction(
     assert ScriptEngine.resume is not Watch  # restored
     with Watch(), pytest.raises(RuntimeError):
         Watch().__enter__()
+
+
+async def test_waits_cancelled_by_a_shutdown(autojump_clock: trio.testing.MockClock,
+                                             write_routes: Callable[..., str]) -> None:
+    """A route waiting when the server stops: its wait is cancelled (not left running),
+    its coroutine abandoned, and nothing of it stays in memory."""
+    routes = write_routes("""
+function ksr_request_route()
+    KSR.async.ms_sleep(5000)
+    KSR.sl.sl_send_reply(200, "late")
+end
+""")
+    with Watch() as watch:
+        async with SimNetwork(seed=1) as net, trio.open_nursery() as nursery:
+            server = await start_server(nursery, net, routes=routes)
+            alice = SimUA(net, A)
+            await alice.send(alice.request("MESSAGE", "sip:b@127.0.0.3"), PROXY)
+            await trio.sleep(1)
+            assert watch.ops == {"started": 1, "finished": 0, "cancelled": 0}
+            assert "neither finished nor cancelled" in watch.problems()[0]
+            await stop_server(server)
+            assert watch.ops == {"started": 1, "finished": 0, "cancelled": 1}
+            assert watch.problems() == [] and leftovers(server) == []
+            await trio.sleep(10)
+            assert alice.responses() == []  # never the late 200
+            nursery.cancel_scope.cancel()
+        del server
+        assert watch.alive() == {"transactions": 0, "branches": 0}
+
+
+async def test_a_stopped_server_is_freed(autojump_clock: trio.testing.MockClock) -> None:
+    _, _, server, watch = await run_call("answer")
+    del server
+    assert watch.servers_alive() == 0
 
 
 async def test_objects_return_to_zero(autojump_clock: trio.testing.MockClock) -> None:
