@@ -64,6 +64,19 @@ def _cmd_run(config: Config) -> int:
         return EXIT_INTERRUPTED
 
 
+def _cmd_run_workers(config: Config, path: str | None, overrides: list[str]) -> int:
+    """``run`` with core.workers > 1: a supervisor of N worker processes
+    (trio_sip/runtime/workers.py), each loading the config from the same file and
+    overrides."""
+    setup_logging(config.core.log_level)
+    from trio_sip.runtime.workers import run_workers
+
+    try:
+        return run_workers(config, path, overrides)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
 def _cmd_check(config: Config) -> int:
     setup_logging(config.core.log_level)
     check: Callable[[Config], list[str]] = _server().check
@@ -120,8 +133,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser(
+    run = commands.add_parser(
         "run", parents=[common], help="run the server", description="Run the server."
+    )
+    run.add_argument(
+        "--workers",
+        metavar="N",
+        help="run N server processes sharing the listen addresses (SO_REUSEPORT;"
+        " docs/workers.md); sets core.workers",
     )
     commands.add_parser(
         "check",
@@ -168,6 +187,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"lua.routes={args.routes}")
     if args.log_level is not None:
         overrides.append(f"core.log_level={args.log_level}")
+    if getattr(args, "workers", None) is not None:
+        overrides.append(f"core.workers={args.workers}")
     return overrides
 
 
@@ -206,7 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        list_methods=args.list_methods, timeout=args.timeout,
                        as_json=args.as_json)
     try:
-        config = load_config(args.config, _overrides(args))
+        overrides = _overrides(args)
+        config = load_config(args.config, overrides)
+        if args.command == "run" and config.core.workers > 1:
+            return _cmd_run_workers(config, args.config, overrides)
         # Module params are checked when the server builds its modules, so a
         # ConfigError can also come from inside the command.
         return _COMMANDS[args.command](config)

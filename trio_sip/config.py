@@ -429,6 +429,11 @@ class CoreConfig(_Section):
     names and addresses that mean "this proxy" when matching Request-URIs and
     Routes (Kamailio's ``alias``).
 
+    ``workers`` server processes share the listen addresses (SO_REUSEPORT); each
+    also has its own UDP port for Via: ``worker_port_base`` + its index (+ the
+    number of workers times the UDP listener's position), or one the OS picks
+    when it is 0 (docs/workers.md).
+
     ``max_message_size`` bounds one message on any transport (1024..1 MiB); UDP
     cannot carry more than 65507 bytes anyway, so the default lets any datagram
     in and bounds what a TCP peer may make us buffer.
@@ -452,8 +457,18 @@ class CoreConfig(_Section):
         default="info", metadata=_checks(_one_of(tuple(LEVELS), _LOG_LEVEL_RULE), runtime=True)
     )
     data_dir: str = field(default="var", metadata=_checks(_not_empty, path=True))
+    #: server processes (``trio-sip run --workers N``, docs/workers.md)
+    workers: int = field(default=1, metadata=_checks(_between(1, 64)))
+    #: first of the workers' own UDP ports (Via); 0: ports the OS picks
+    worker_port_base: int = field(default=0, metadata=_checks(_between(0, 65535)))
 
     def _check_together(self) -> None:
+        if self.worker_port_base:
+            udp = sum(1 for spec in self.listen if spec.proto == "udp")
+            last = self.worker_port_base + udp * self.workers - 1
+            if last > 65535:
+                _fail("core.worker_port_base", self.worker_port_base,
+                      f"the workers' ports would end at {last}, above 65535")
         if not self.loopback_only:
             return
         for index, spec in enumerate(self.listen):

@@ -331,6 +331,11 @@ def _init(core: Any) -> None:
 @m.on_service
 async def _service(core: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                    ) -> None:
+    if getattr(core, "worker_index", 0) != 0:
+        # trio-sip run --workers N: the timers run in worker 0 only (docs/workers.md),
+        # as Kamailio runs each rtimer in its own single process
+        task_status.started()
+        return
     await timers_for(core).run(core, task_status=task_status)
 
 

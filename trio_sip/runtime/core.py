@@ -80,6 +80,13 @@ class ProxyCore:
         self.engine = engine
         self.guard = guard if guard is not None else LoopbackGuard(config.core.loopback_only)
         self.transports: dict[str, Transport] = {}
+        #: every socket we listen on, in the order added (``transports`` holds the one
+        #: per protocol that sends; with workers, a worker's own UDP socket)
+        self.sockets: list[Transport] = []
+        #: this process's index among ``workers`` server processes (runtime/workers.py);
+        #: 0 of 1 when not run with ``--workers``. Singletons (rtimer) run in worker 0.
+        self.worker_index = 0
+        self.workers = 1
         self.stats: Counter[str] = Counter()
         #: $shv(name): values shared by every message in this process
         self.shv: dict[str, Any] = {}
@@ -102,7 +109,10 @@ class ProxyCore:
     # -- transports and addresses ---------------------------------------------
 
     def add_transport(self, transport: Transport) -> None:
+        """Listen on ``transport``; the first of each protocol is the one that sends."""
         self.transports.setdefault(transport.proto, transport)
+        if transport not in self.sockets:
+            self.sockets.append(transport)
 
     def transport_for(self, proto: str) -> Transport | None:
         return self.transports.get(proto.lower())
@@ -119,8 +129,18 @@ class ProxyCore:
                 port = int(p)
             else:
                 host, port = adv, transport.local.port
+            if getattr(transport, "listener", None) is not None:
+                port = transport.local.port  # a worker's own port (runtime/workers.py)
             return host, port
         return transport.local.host, transport.local.port
+
+    def record_route_address(self, transport: Transport) -> tuple[str, int]:
+        """The host and port for a Record-Route added when sending with ``transport``: its
+        own (``advertised``), except for a worker's own socket (``--workers``), whose
+        Record-Route names the shared listener, so in-dialog requests come back through
+        the SO_REUSEPORT group and any worker may take them (docs/workers.md)."""
+        listener = getattr(transport, "listener", None)
+        return self.advertised(listener if listener is not None else transport)
 
     def set_force_rport(self, ctx: MsgContext) -> None:
         """force_rport(): reply to the source port, and say so in the top Via (RFC 3581)."""
@@ -139,7 +159,7 @@ class ProxyCore:
         h = host.strip("[]").lower()
         ours = h in self._aliases
         ports = set()
-        for t in self.transports.values():
+        for t in self.sockets or self.transports.values():
             adv_host, adv_port = self.advertised(t)
             ports.add(t.local.port)
             ports.add(adv_port)
@@ -156,7 +176,7 @@ class ProxyCore:
     def is_my_ip(self, host: str) -> bool:
         h = host.strip("[]").lower()
         return any(h in (t.local.host.lower(), self.advertised(t)[0].lower())
-                   for t in self.transports.values()) or h in self._aliases
+                   for t in self.sockets or self.transports.values()) or h in self._aliases
 
     # -- receiving ----------------------------------------------------------------
 
@@ -415,7 +435,7 @@ class ProxyCore:
             return
         out, ctx.outbox = ctx.outbox, []
         for proto, dest, data, conn_id in out:
-            t = self.transport_for(proto)
+            t = self.transport_for(proto) if isinstance(proto, str) else proto
             if t is None:
                 log.warning("no %s transport to send to %s", proto, dest)
                 self.stats["send_errors"] += 1
@@ -441,7 +461,7 @@ class ProxyCore:
             host, port = reply_destination(req.via1, ctx.source.host, ctx.source.port,
                                            force_rport=ctx.force_rport)
             dest = Address(host, port)
-        ctx.outbox.append((ctx.transport.proto, dest, data, ctx.conn_id))
+        ctx.outbox.append((ctx.transport, dest, data, ctx.conn_id))
         ctx.replied = code
         self.stats["sent_replies"] += 1
         return True
@@ -511,7 +531,8 @@ class ProxyCore:
         via = via_line(transport.proto, host, port, branch) + "\r\n"
         extra.append((first, first, via.encode("latin-1"), _VIA_SEQ))
         if ctx.record_route:
-            rr = record_route_line(transport.proto, host, port, ctx.rr_params) + "\r\n"
+            rr_host, rr_port = self.record_route_address(transport)
+            rr = record_route_line(transport.proto, rr_host, rr_port, ctx.rr_params) + "\r\n"
             extra.append((first, first, rr.encode("latin-1"), _VIA_SEQ + 1))
         data = req.to_bytes(extra)
         ctx.outbox.append((transport.proto, dest, data, None))

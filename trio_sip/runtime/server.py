@@ -27,6 +27,7 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -48,6 +49,9 @@ from ..transport.guard import LoopbackGuard
 from ..transport.tcp import TcpTransport
 from ..transport.udp import UdpTransport
 from .core import ProxyCore
+
+if TYPE_CHECKING:
+    from .workers import WorkerSockets
 
 log = logging.getLogger("trio_sip.server")
 
@@ -234,6 +238,7 @@ async def serve(
     *,
     transports: TransportFactory | None = None,
     mi: bool | None = None,
+    worker: WorkerSockets | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until cancelled; report started once every listener is bound.
@@ -242,10 +247,16 @@ async def serve(
     when ``mi`` is true; by default (None) only when the server binds its own
     listeners: a server on injected transports (``transports``, the in-memory
     network of tests) opens no real socket unless asked with ``mi=True``. Its
-    registry and context exist either way (``KSR.mi`` works)."""
+    registry and context exist either way (``KSR.mi`` works).
+
+    ``worker`` (``trio-sip run --workers N``, runtime/workers.py): this process is one
+    of N; it serves on the sockets the supervisor bound (the shared SO_REUSEPORT
+    listeners and its own UDP port) and its management interface on its own port."""
     engine = build_engine(config)
     guard = LoopbackGuard(config.core.loopback_only)
     core = ProxyCore(config, engine, guard)
+    if worker is not None:
+        core.worker_index, core.workers = worker.index, worker.count
     server = Server(config, core, engine, guard)
     server.registry = build_registry(engine.modules.values(),
                                      default_timeout=config.mi.command_timeout)
@@ -254,13 +265,33 @@ async def serve(
     serve_http = bool(config.mi.listen) and (mi if mi is not None else transports is None)
     started = await run_init_hooks(list(engine.modules.values()), core)
     try:
-        await _serve(config, server, transports, serve_http, task_status)
+        await _serve(config, server, transports, serve_http, worker, task_status)
     finally:
         await run_shutdown_hooks(started, core)
 
 
+def listen_transports(config: Config, handler: MessageHandler, guard: LoopbackGuard
+                      ) -> list[UdpTransport | TcpTransport]:
+    """The transports of ``core.listen``, not started yet."""
+    out: list[UdpTransport | TcpTransport] = []
+    for spec in config.core.listen:
+        local = Address(spec.host, spec.port)
+        if spec.proto == "udp":
+            out.append(UdpTransport(
+                local, handler, guard, queue_size=config.core.udp_queue_size,
+                max_message_size=config.core.max_message_size))
+        else:
+            out.append(TcpTransport(
+                local, handler, guard, max_message_size=config.core.max_message_size,
+                max_connections=config.core.tcp_max_connections,
+                idle_timeout=config.core.tcp_idle_timeout,
+                connect_timeout=config.core.tcp_connect_timeout))
+    return out
+
+
 async def _serve(config: Config, server: Server, transports: TransportFactory | None,
-                 serve_http: bool, task_status: trio.TaskStatus[Server]) -> None:
+                 serve_http: bool, worker: WorkerSockets | None,
+                 task_status: trio.TaskStatus[Server]) -> None:
     core, engine, guard = server.core, server.engine, server.guard
     # Module services (rtimer's timers, mqueue's writer...) run in a nursery of their own
     # around the transaction layer's: they outlive every transaction, and the layer's
@@ -274,26 +305,16 @@ async def _serve(config: Config, server: Server, transports: TransportFactory | 
                         core.add_transport(t)
                         server.transports.append(t)
                 else:
-                    for spec in config.core.listen:
-                        local = Address(spec.host, spec.port)
-                        listener: UdpTransport | TcpTransport
-                        if spec.proto == "udp":
-                            listener = UdpTransport(
-                                local, core.on_message, guard,
-                                queue_size=config.core.udp_queue_size,
-                                max_message_size=config.core.max_message_size)
-                        else:
-                            listener = TcpTransport(
-                                local, core.on_message, guard,
-                                max_message_size=config.core.max_message_size,
-                                max_connections=config.core.tcp_max_connections,
-                                idle_timeout=config.core.tcp_idle_timeout,
-                                connect_timeout=config.core.tcp_connect_timeout)
+                    listeners = (worker.transports(config, core.on_message, guard)
+                                 if worker is not None else
+                                 listen_transports(config, core.on_message, guard))
+                    for listener in listeners:
                         await nursery.start(listener.serve)
                         core.add_transport(listener)
                         server.transports.append(listener)
                 if serve_http:
-                    server.mi_address = await nursery.start(serve_mi, server)
+                    server.mi_address = await nursery.start(
+                        serve_mi, server, worker.mi_listen if worker is not None else None)
                 for mod in engine.modules.values():
                     if mod.service is not None:
                         await services.start(_run_service, mod, core)
@@ -335,6 +356,9 @@ def run(config: Config) -> int:
         # a listener that cannot bind fails inside the server's nursery: the error
         # comes wrapped in exception groups; say it in one line, as above
         leaves = _leaves(group)
+        if leaves and isinstance(leaves[0], ConfigError):
+            # a [modparams.*] value the modules refuse: the command says it and exits 2
+            raise leaves[0] from None
         if not leaves or not all(isinstance(e, (OSError, ScriptError)) for e in leaves):
             raise
         for e in leaves:

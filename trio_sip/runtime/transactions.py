@@ -352,7 +352,9 @@ class ServerTx:
 
     def _queue(self, data: bytes) -> None:
         u = self.upstream
-        self.ctx.outbox.append((u.transport.proto, u.dest, data, u.conn_id))
+        # from the socket the request came in on (RFC 3581 §4; with --workers the shared
+        # listener, not the worker's own socket)
+        self.ctx.outbox.append((u.transport, u.dest, data, u.conn_id))
 
     def _execute(self, actions: list[Action]) -> None:
         for a in actions:
@@ -1143,7 +1145,8 @@ class TransactionLayer:
         extra = [(first, first, (via_line(transport.proto, host, port, branch_id)
                                  + "\r\n").encode("latin-1"), _VIA_SEQ)]
         if ctx.record_route:
-            rr = record_route_line(transport.proto, host, port, ctx.rr_params) + "\r\n"
+            rr = record_route_line(transport.proto, *self.core.record_route_address(transport),
+                                   ctx.rr_params) + "\r\n"
             extra.append((first, first, rr.encode("latin-1"), _VIA_SEQ + 1))
         data = req.to_bytes(extra)
         b = Branch(tx, len(tx.branches), req.current_uri, dest, transport, data, branch_id,
@@ -1175,7 +1178,9 @@ class TransactionLayer:
             branch_id = f"z9hG4bK{self._secret}.{next(self._branch_ids)}"
             lines = via_line(transport.proto, host, port, branch_id) + "\r\n"
             if pend.record_route:
-                lines += record_route_line(transport.proto, host, port, pend.rr_params) + "\r\n"
+                lines += record_route_line(transport.proto,
+                                           *self.core.record_route_address(transport),
+                                           pend.rr_params) + "\r\n"
             data = pend.head + lines.encode("latin-1") + pend.tail
             b = Branch(tx, len(tx.branches), pend.ruri, dest, transport, data, branch_id,
                        self.timers(tx.settings), trio.current_time())

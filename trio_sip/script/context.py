@@ -91,8 +91,10 @@ class MsgContext:
     #: headers added with KSR.hdr.append_to_reply(), used by the next local reply
     reply_headers: list[str] = field(default_factory=list)
     #: messages the route asked to send, flushed by the runtime after each route step:
-    #: (proto, destination, bytes, connection id or None)
-    outbox: list[tuple[str, Address, bytes, int | None]] = field(default_factory=list)
+    #: (proto or transport, destination, bytes, connection id or None): a proto is sent
+    #: with the core's transport for it, a transport (replies upstream) with that socket
+    outbox: list[tuple[str | Transport, Address, bytes, int | None]] = field(
+        default_factory=list)
 
     @property
     def request(self) -> SipRequest:

@@ -114,6 +114,11 @@ class TcpTransport:
     (a later write failure closes the connection and counts a send error);
     it returns False at once when refused, and waits up to
     ``connect_timeout`` when a connection must be opened first.
+
+    ``sock`` is a listening socket bound (and listening) already: with
+    ``trio-sip run --workers N`` the supervisor binds one SO_REUSEPORT socket
+    per worker and hands it down (runtime/workers.py); ``serve`` accepts on it
+    and closes it on exit.
     """
 
     proto = "tcp"
@@ -132,6 +137,7 @@ class TcpTransport:
         write_timeout: float = 10.0,
         max_pending_sends: int = 64,
         backlog: int = 128,
+        sock: _stdlib_socket.socket | None = None,
     ) -> None:
         for name, value in (
             ("max_message_size", max_message_size),
@@ -155,6 +161,7 @@ class TcpTransport:
         self._write_timeout = write_timeout
         self._max_pending_sends = max_pending_sends
         self._backlog = backlog
+        self._prebound = sock
         self._counters = TransportCounters()
         self._nursery: trio.Nursery | None = None
         self._next_id = 1
@@ -176,14 +183,17 @@ class TcpTransport:
         self, *, task_status: trio.TaskStatus[TcpTransport] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Listen, report started, accept until cancelled; then close every connection."""
-        sock = trio.socket.socket(self._family, _stdlib_socket.SOCK_STREAM)
+        prebound = self._prebound
+        sock = (trio.socket.from_stdlib_socket(prebound) if prebound is not None
+                else trio.socket.socket(self._family, _stdlib_socket.SOCK_STREAM))
         with sock:
-            if hasattr(_stdlib_socket, "SO_REUSEADDR"):  # restart without TIME_WAIT trouble
-                sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
-            if self._family == _stdlib_socket.AF_INET6:
-                sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
-            await sock.bind((self.local.host, self.local.port))
-            sock.listen(self._backlog)
+            if prebound is None:
+                if hasattr(_stdlib_socket, "SO_REUSEADDR"):  # restart without TIME_WAIT
+                    sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+                if self._family == _stdlib_socket.AF_INET6:
+                    sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
+                await sock.bind((self.local.host, self.local.port))
+                sock.listen(self._backlog)
             self.local = Address(self.local.host, sock.getsockname()[1])
             listener = trio.SocketListener(sock)
             try:

@@ -61,6 +61,13 @@ class UdpTransport:
     one once ``serve`` has reported started. ``recv_buffer_size`` is asked of
     the kernel as SO_RCVBUF (Linux caps it at net.core.rmem_max) so a burst
     survives while the loop is busy.
+
+    ``sock`` is a socket bound already (``trio-sip run --workers N``: the
+    supervisor binds the SO_REUSEPORT group and each worker's own port once and
+    hands them down, runtime/workers.py); ``serve`` then uses it instead of
+    binding, and closes it on exit. ``listener`` marks a worker's own socket:
+    the shared listening transport it sends for (its port goes into Via, the
+    listener's into Record-Route; see ``ProxyCore.record_route_address``).
     """
 
     proto = "udp"
@@ -75,6 +82,8 @@ class UdpTransport:
         queue_size: int = 1024,
         max_message_size: int = 65535,
         recv_buffer_size: int = 4 * 1024 * 1024,
+        sock: _stdlib_socket.socket | None = None,
+        listener: object | None = None,
     ) -> None:
         if queue_size < 0:
             raise ValueError(f"queue_size must be >= 0, got {queue_size}")
@@ -88,6 +97,8 @@ class UdpTransport:
         self._max_message_size = max_message_size
         self._recv_buffer_size = recv_buffer_size
         self._sock: trio.socket.SocketType | None = None
+        self._prebound = sock
+        self.listener = listener
         self._counters = TransportCounters()
 
     def statistics(self) -> TransportStats:
@@ -97,7 +108,9 @@ class UdpTransport:
         self, *, task_status: trio.TaskStatus[UdpTransport] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Bind, report started, and receive until cancelled; closes the socket on exit."""
-        sock = trio.socket.socket(self._family, _stdlib_socket.SOCK_DGRAM)
+        prebound = self._prebound
+        sock = (trio.socket.from_stdlib_socket(prebound) if prebound is not None
+                else trio.socket.socket(self._family, _stdlib_socket.SOCK_DGRAM))
         with sock:
             try:
                 sock.setsockopt(
@@ -105,7 +118,8 @@ class UdpTransport:
                 )
             except OSError:  # pragma: no cover - only on exotic platforms
                 logger.debug("UDP %s: could not set SO_RCVBUF", self.local)
-            await sock.bind((self.local.host, self.local.port))
+            if prebound is None:
+                await sock.bind((self.local.host, self.local.port))
             self.local = Address(self.local.host, sock.getsockname()[1])
             send_ch, recv_ch = trio.open_memory_channel[tuple[bytes, Address]](self._queue_size)
             try:
