@@ -92,6 +92,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -236,15 +237,20 @@ class Server:
 class TrioServer(Server):
     """``python -m trio_sip run`` as a separate process in its own session."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.key = "trio"
-        self.label = "trio-sip"
+    def __init__(self, workdir: Path, *, routes: Path = ROUTES, config: Path | None = None,
+                 key: str = "trio", label: str = "trio-sip") -> None:
+        self.key = key
+        self.label = label
         self.port = free_port_both()
-        self.log_path = workdir / "trio-sip.log"
+        self.log_path = workdir / f"{key}-{self.port}.log"
         self.argv = [
-            sys.executable, "-m", "trio_sip", "run", "--routes", str(ROUTES),
+            sys.executable, "-m", "trio_sip", "run",
+            *(["--config", str(config)] if config is not None else []),
+            "--routes", str(routes),
             "--listen", f"udp:{LOOPBACK}:{self.port}", "--log-level", "warning",
             "--set", "core.loopback_only=true",
+            # no management interface: its fixed default port (8090) may be taken
+            "--set", "mi.listen=",
         ]
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(self.argv, cwd=REPO, stdin=subprocess.DEVNULL,
@@ -280,11 +286,13 @@ class TrioServer(Server):
 
 
 class KamailioServer(Server):
-    def __init__(self, fast_malloc: bool, shm_mb: int | None = None) -> None:
+    def __init__(self, fast_malloc: bool, shm_mb: int | None = None, *, routes: Path = ROUTES,
+                 **kamailio_args: Any) -> None:
         self.key = "kamailio-fm" if fast_malloc else "kamailio"
         self.label = self.key
         self.port = free_port_both()
-        self.k = Kamailio(ROUTES, self.port, children=1, fast_malloc=fast_malloc, shm_mb=shm_mb)
+        self.k = Kamailio(routes, self.port, children=1, fast_malloc=fast_malloc, shm_mb=shm_mb,
+                          **kamailio_args)
         self.k.__enter__()
         self._worker = self._find_worker()
 
@@ -371,11 +379,13 @@ def _clock(text: str) -> float:
 _MSG_HEAD = re.compile(r"^-{10,} \d{4}-\d\d-\d\d (\d\d:\d\d:\d\d\.\d+)\s*$")
 
 
-def msg_latencies(path: Path) -> tuple[list[float], list[float]]:
+def msg_latencies(path: Path, method: str = "INVITE") -> tuple[list[float], list[float]]:
     """From a SIPp -trace_msg log: (INVITE->200 latencies in ms, 200 receive times in s).
 
-    Start: the first INVITE sent for a Call-ID; end: the first 200 with CSeq INVITE received
-    for it. Timestamps are SIPp's (microseconds, wall clock at the time SIPp logged them)."""
+    Start: the first INVITE sent for a Call-ID; end: the first 200 received for it after
+    that (the BYE's 200 comes later). Timestamps are SIPp's (microseconds, wall clock at
+    the time SIPp logged them). ``method``: another request method instead of INVITE (the
+    first such request of each Call-ID starts the clock)."""
     sent: dict[str, float] = {}
     lat: list[float] = []
     got: list[float] = []
@@ -407,7 +417,7 @@ def msg_latencies(path: Path) -> tuple[list[float], list[float]]:
                 continue
             if line.startswith("Call-ID:") or line.startswith("i:"):
                 cid = line.split(":", 1)[1].strip()
-                if direction == "out" and first.startswith("INVITE ") and cid not in sent:
+                if direction == "out" and first.startswith(method + " ") and cid not in sent:
                     sent[cid] = ts
                 elif (direction == "in" and first.startswith("SIP/2.0 200") and cid in sent
                       and cid not in done):
