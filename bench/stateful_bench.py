@@ -931,45 +931,29 @@ def search_max(key: str, runs: list[Run], rates: list[float], args: argparse.Nam
     print(f"  max-rate search {key}: fixed rates passed up to {fmt(lo, 'g')}"
           f"{', failed at ' + format(hi, 'g') if hi else ''}; budget {budget_s:g} s, "
           f"cap {cap:g} cps, {probe_s:g} s per probe, fresh server per probe", flush=True)
-    while True:
-        if lo is not None and hi is not None and hi / lo <= 1.1:
-            return lo, ""
-        if lo is not None and hi is None and lo >= cap:
-            return lo, f"cap {cap:g} reached"
-        if hi is None:
-            rate = min(lo * 2, cap) if lo else 100.0
-        elif lo is None:
-            rate = hi / 2
-        else:
-            rate = (lo + hi) / 2
-        rate = float(round(rate))
-        if rate < 5:
-            return lo, "nothing passed"
-        if time.monotonic() - t0 > budget_s:
-            return lo, f"search time used up; lowest failure {fmt(hi, 'g')}"
+
+    def probe(rate: float) -> Run:
         check_budget()
         server = start_server(key, base, args.kamailio_shm)
         try:
             n = max(200, int(rate * probe_s))
-            r = measure(server, rate, n, kind="probe", settle=0.0, latency="rtt",
-                        limit_seconds=args.limit_seconds, base=base, recv_timeout_ms=5000,
-                        trace=False, keep=args.keep)
+            return measure(server, rate, n, kind="probe", settle=0.0, latency="rtt",
+                           limit_seconds=args.limit_seconds, base=base, recv_timeout_ms=5000,
+                           trace=False, keep=args.keep)
         finally:
             server.stop()
+
+    def on_probe(r: Run) -> None:
         runs.append(r)
         print_run(r, 0, 0)
-        if r.passed():
-            lo = rate
-        else:
-            hi = rate
-            reason = []
-            if r.calls - r.ok:
-                reason.append(f"{r.calls - r.ok} of {r.calls} calls failed ({r.fail_pct:.2f} %)")
-            if r.achieved < 0.95 * r.rate:
-                reason.append(f"achieved {r.achieved:.0f} < 95 % of {r.rate:g}")
-            print(f"    FAIL at {rate:g} cps: " + "; ".join(reason))
-            if r.errors:
-                print(r.errors)
+
+    # the search itself is bench/_common.py's, shared with the newer benchmarks (imported
+    # here: _common imports this module)
+    from _common import search_max as doubling_then_bisection
+
+    return doubling_then_bisection(key, lo, hi, probe,  # type: ignore[arg-type]
+                                   budget_s=budget_s - (time.monotonic() - t0), cap=cap,
+                                   on_probe=on_probe)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
