@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -86,20 +88,29 @@ async def start_server(
     config: Mapping[str, Any] | Config | None = None,
 ) -> Server:
     """Start the server on ``net`` at ``address`` with the routes file ``routes`` (or the
-    default routes) and return it once it serves."""
+    default routes) and return it once it serves.
+
+    With ``config`` given as a mapping (or None) that does not set ``core.data_dir``, the
+    server gets a temporary data directory of its own, removed when it stops: a test never
+    writes its location table or htables into the working directory (``var/``), where a
+    later test would find them. A :class:`Config` is used as it is."""
+    scratch: str | None = None
     if isinstance(config, Config):
         cfg = config
     else:
         data: dict[str, Any] = {k: dict(v) for k, v in (config or {}).items()}
         if routes is not None:
             data.setdefault("lua", {})["routes"] = routes
+        if "data_dir" not in data.get("core", {}):
+            scratch = tempfile.mkdtemp(prefix="trio-sip-test-")
+            data.setdefault("core", {})["data_dir"] = scratch
         cfg = config_from_dict(data)
 
     def make(handler: MessageHandler, guard: LoopbackGuard) -> list[Transport]:
         return [net.transport(address, handler, proto=p, guard=guard)  # type: ignore[arg-type]
                 for p in protos]
 
-    server: Server = await nursery.start(partial(_serve_recording_stop, cfg, make))
+    server: Server = await nursery.start(partial(_serve_recording_stop, cfg, make, scratch))
     return server
 
 
@@ -120,13 +131,15 @@ class _Started:
         self.inner.started(value)
 
 
-async def _serve_recording_stop(cfg: Config, make: Any, *,
+async def _serve_recording_stop(cfg: Config, make: Any, scratch: str | None = None, *,
                                 task_status: trio.TaskStatus[Server]
                                 = trio.TASK_STATUS_IGNORED) -> None:
     status = _Started(task_status)
     try:
         await serve(cfg, transports=make, task_status=status)  # type: ignore[arg-type]
     finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         if status.server is not None:
             # a stopped server leaves the network (its transports are the network's)
             for t in status.server.transports:
