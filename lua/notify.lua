@@ -102,18 +102,7 @@ local function decode(v)
 end
 notify.encode, notify.decode = encode, decode
 
-local function json_string(s)
-    s = tostring(s)
-    s = s:gsub('[%c"\\]', function(c)
-        if c == '"' then return '\\"' end
-        if c == "\\" then return "\\\\" end
-        if c == "\n" then return "\\n" end
-        if c == "\r" then return "\\r" end
-        if c == "\t" then return "\\t" end
-        return string.format("\\u%04x", string.byte(c))
-    end)
-    return '"' .. s .. '"'
-end
+local json_string = require("tsip_json").string  -- lua/tsip_json.lua
 
 --- The JSON body of the notification for `callee` and record `r`.
 function notify.payload(callee, r)

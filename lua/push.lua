@@ -197,18 +197,7 @@ local function bindings(uri)
     return out
 end
 
-local function json_string(s)
-    s = tostring(s)
-    s = s:gsub('[%c"\\]', function(c)
-        if c == '"' then return '\\"' end
-        if c == "\\" then return "\\\\" end
-        if c == "\n" then return "\\n" end
-        if c == "\r" then return "\\r" end
-        if c == "\t" then return "\\t" end
-        return string.format("\\u%04x", string.byte(c))
-    end)
-    return '"' .. s .. '"'
-end
+local json_string = require("tsip_json").string  -- lua/tsip_json.lua
 push.json_string = json_string
 
 --- The JSON body of a push for target `t` (fields with nil values are left out).
