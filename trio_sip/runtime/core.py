@@ -491,26 +491,51 @@ class ProxyCore:
             return self._forward_resolved(ctx, res, target)
         return self._send_request(ctx, req, hop, target)
 
-    def _forward_resolved(self, ctx: MsgContext, res: Resolution, target: str) -> int:
-        """forward() to the first target of a resolution that is not blocklisted and that
-        the loopback guard and our transports allow."""
-        req = ctx.msg
-        assert isinstance(req, SipRequest)
-        for t in res.targets:
-            if self.dns.blocked(t) or self.transport_for(t.proto) is None:
+    def usable_target(self, res: Resolution, start: int = 0
+                      ) -> tuple[int, Transport | None, bool]:
+        """The first target of ``res`` from index ``start`` that is not blocklisted, has
+        a transport of ours and passes the loopback guard: ``(index, transport, guarded)``;
+        transport None when there is none, ``guarded`` telling whether the guard refused
+        one (477 rather than 478). forward() and TM's branches (and their DNS failover)
+        pick targets with this."""
+        guarded = False
+        for i in range(start, len(res.targets)):
+            t = res.targets[i]
+            transport = self.transport_for(t.proto)
+            if transport is None or self.dns.blocked(t):
                 continue
             if not self.guard.allows(Address(t.host, t.port)):
+                guarded = True
                 continue
+            return i, transport, guarded
+        return -1, None, guarded
+
+    @staticmethod
+    def unusable_reason(res: Resolution, guarded: bool) -> str:
+        """Why ``usable_target`` found nothing, for the log."""
+        if guarded:
+            return "every target refused by the loopback guard"
+        if res.targets:
+            return "no usable target"
+        return f"unresolvable ({res.failure.value if res.failure else 'no transport'})"
+
+    def _forward_resolved(self, ctx: MsgContext, res: Resolution, target: str) -> int:
+        """forward() to the first usable target of a resolution (``usable_target``)."""
+        req = ctx.msg
+        assert isinstance(req, SipRequest)
+        i, transport, guarded = self.usable_target(res)
+        if transport is not None:
+            t = res.targets[i]
             return self._send_request(ctx, req, NextHop(t.proto, t.host, t.port), target)
-        log.warning("forward to %s: %s", target, "no usable target" if res.targets else
-                    f"unresolvable ({res.failure.value if res.failure else 'no transport'})")
+        log.warning("forward to %s: %s", target, self.unusable_reason(res, guarded))
         self.stats["fwd_errors"] += 1
-        ctx.last_error = 478  # Kamailio E_BAD_ADDRESS: "Unresolvable destination"
+        # Kamailio E_BAD_ADDRESS "Unresolvable destination"; 477 when only the guard refused
+        ctx.last_error = 477 if guarded else 478
         return -1
 
     def _send_request(self, ctx: MsgContext, req: SipRequest, hop: NextHop, target: str) -> int:
-        if not is_ip_literal(hop.host):
-            log.warning("forward to %s: host names need DNS resolution (not available)", hop.host)
+        if not is_ip_literal(hop.host):  # forward() resolves names before it gets here
+            log.warning("forward to %s: not an IP address", hop.host)
             self.stats["fwd_errors"] += 1
             ctx.last_error = 478  # Kamailio E_BAD_ADDRESS: "Unresolvable destination"
             return -1

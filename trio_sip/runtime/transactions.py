@@ -1164,16 +1164,10 @@ class TransactionLayer:
         if getattr(tx, "final_status", 0) or getattr(tx, "canceled", False):
             ctx.last_error = 487 if getattr(tx, "canceled", False) else 500
             return None
-        guarded = False
-        for i in range(start, len(res.targets)):
+        i, transport, guarded = self.core.usable_target(res, start)
+        if transport is not None:
             t = res.targets[i]
-            transport = self.core.transport_for(t.proto)
-            if transport is None or self.core.dns.blocked(t):
-                continue
             dest = Address(t.host, t.port)
-            if not self.core.guard.allows(dest):
-                guarded = True
-                continue
             host, port = self.core.advertised(transport)
             branch_id = f"z9hG4bK{self._secret}.{next(self._branch_ids)}"
             lines = via_line(transport.proto, host, port, branch_id) + "\r\n"
@@ -1182,8 +1176,9 @@ class TransactionLayer:
                                            *self.core.record_route_address(transport),
                                            pend.rr_params) + "\r\n"
             data = pend.head + lines.encode("latin-1") + pend.tail
+            # the transaction's own [tm] snapshot, as every other branch of it
             b = Branch(tx, len(tx.branches), pend.ruri, dest, transport, data, branch_id,
-                       self.timers(tx.settings), trio.current_time())
+                       self.timers(tx.settings, tx.params), trio.current_time())
             b.on_reply = pend.branch_reply
             b.flags = pend.bflags
             b.resolution, b.target_index, b.dns, b.target = res, i, pend, t
@@ -1191,9 +1186,7 @@ class TransactionLayer:
             return b
         if start == 0:
             log.warning("t_relay to %s: %s", pend.target,
-                        "every target refused by the loopback guard" if guarded else
-                        "no usable target" if res.targets else
-                        f"unresolvable ({res.failure.value if res.failure else 'no transport'})")
+                        self.core.unusable_reason(res, guarded))
             ctx.last_error = 477 if guarded else 478
         return None
 

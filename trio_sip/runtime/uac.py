@@ -554,15 +554,11 @@ class LocalUacLayer:
         """The first target of a resolution we may and can send to (Kamailio: the first
         of the DNS failover list), or UacError 478."""
         core = self.core
-        for t in res.targets:
-            transport = core.transport_for(t.proto)
-            if transport is None or core.dns.blocked(t):
-                continue
-            dest = Address(t.host, t.port)
-            if core.guard.allows(dest):
-                return dest, transport
-        why = ("no usable target" if res.targets else
-               f"unresolvable ({res.failure.value if res.failure else 'no transport'})")
+        i, transport, guarded = core.usable_target(res)
+        if transport is not None:
+            t = res.targets[i]
+            return Address(t.host, t.port), transport
+        why = core.unusable_reason(res, guarded)
         raise UacError(f"{name}: {why}", 478)
 
     def _parse(self, data: bytes, transport: Transport) -> SipRequest:
