@@ -143,3 +143,17 @@ def test_metric_names_and_escaping() -> None:
     # a name with a newline and a quote: sanitised in the name, escaped in HELP
     assert samples["trio_sip_demo_label_total"] == 4
     assert "# HELP trio_sip_demo_label_total demo:label\\n\"" in text
+
+
+def test_levels_are_gauges_and_event_counts_counters() -> None:
+    # what goes up and down (requests in flight, open connections, cache size) must not
+    # be exposed as a *_total counter: Prometheus' rate() on it would be nonsense
+    text = render({"http_client": {"pending": 1, "connections": 2, "requests": 3},
+                   "dns": {"cache_entries": 4, "cache_hits": 5}},
+                  started=100.0, now=101.0, gauges={})
+    samples, types = parse(text)
+    assert types["trio_sip_http_client_pending"] == "gauge"
+    assert types["trio_sip_http_client_connections"] == "gauge"
+    assert types["trio_sip_http_client_requests_total"] == "counter"
+    assert types["trio_sip_dns_cache_entries"] == "gauge"
+    assert samples["trio_sip_dns_cache_hits_total"] == 5

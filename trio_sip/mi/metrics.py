@@ -54,6 +54,8 @@ GAUGES: Final = frozenset({
     "usrloc:records", "usrloc:contacts", "usrloc:registered_users",
     "rtpengine:pending", "rtpengine:sticky_calls", "rtpengine:nodes",
     "rtpengine:nodes_active",
+    "http_client:pending", "http_client:connections",
+    "dns:cache_entries", "dns:blocklist_entries",
 })
 
 _BAD: Final = re.compile(r"[^a-z0-9_]+")
