@@ -324,19 +324,6 @@ class Supervisor:
             for g in self.groups:
                 g.close()
 
-    def addresses(self, proto: str = "udp") -> list[Address]:
-        """The shared listen addresses of ``proto`` (their real ports)."""
-        return [Address(g.spec.host, g.shared[0].getsockname()[1])
-                for g in self.groups if g.spec.proto == proto]
-
-    def worker_ports(self, proto: str = "udp") -> list[list[int]]:
-        """Per listen address of ``proto``: each worker's own port, by index."""
-        return [[s.getsockname()[1] for s in g.own] for g in self.groups
-                if g.spec.proto == proto]
-
-    def pids(self) -> list[int | None]:
-        return [s.proc.pid if s.proc is not None else None for s in self.slots]
-
     async def _watch_signals(self, signals: Any) -> None:
         async for signum in signals:
             name = signal.Signals(signum).name

@@ -141,8 +141,6 @@ class MQueue:
         self._next_id = 1
         self._writer = writer if spec.saves else None
         self.stats: Counter[str] = Counter()
-        #: set on every add: a consumer may wait for it (:meth:`wait_nonempty`)
-        self._added = trio.Event()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -172,8 +170,6 @@ class MQueue:
         self._next_id += 1
         self._append(item, persist=True)
         self.stats["added"] += 1
-        self._added.set()
-        self._added = trio.Event()
 
     def _append(self, item: Item, *, persist: bool) -> None:
         self._items.append(item)
@@ -198,11 +194,6 @@ class MQueue:
         self._delete(item)
         self.stats["fetched"] += 1
         return item
-
-    async def wait_nonempty(self) -> None:
-        """Return once the queue has an item (at once if it has one)."""
-        while not self._items:
-            await self._added.wait()
 
 
 class MQueues:
