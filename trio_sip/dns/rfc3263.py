@@ -44,10 +44,11 @@ What is implemented and what is not:
 from __future__ import annotations
 
 import enum
-import ipaddress
 import random
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
+
+from ..sip.iplit import parse_ip
 
 __all__ = [
     "Answer",
@@ -161,11 +162,7 @@ def _is_ip(host: str) -> bool:
     # the common case of every resolution
     if ":" not in host and not _IPV4_CHARS.issuperset(host):
         return False
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return parse_ip(host) is not None
 
 
 def order_srv(records: Iterable[SrvRecord], rng: random.Random) -> list[SrvRecord]:

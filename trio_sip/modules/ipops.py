@@ -47,6 +47,7 @@ from ..script import pv
 from ..script.context import MsgContext
 from ..script.exports import ModuleBuilder
 from ..script.ops import AsyncOp
+from ..sip.iplit import parse_ip
 
 log = logging.getLogger("trio_sip.ipops")
 
@@ -63,21 +64,16 @@ _QUERY_TIMEOUT = 30.0
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address, IPv6 in brackets or not."""
     t = text.strip()
     if t.startswith("[") and t.endswith("]"):
         t = t[1:-1]
-    try:
-        return ipaddress.ip_address(t)
-    except ValueError:
-        return None
+    return parse_ip(t)
 
 
 def _pure(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    t = text.strip()
-    try:
-        return ipaddress.ip_address(t)
-    except ValueError:
-        return None
+    """An address written bare (no brackets)."""
+    return parse_ip(text.strip())
 
 
 @m.export(("str",))
