@@ -202,6 +202,21 @@ def test_armed_functions_must_exist(write_routes: Any) -> None:
     assert found[0].column == 22
 
 
+def test_continuations_named_by_string_must_exist(write_routes: Any) -> None:
+    # t_continue and the async routes name the function the route goes on in
+    found = errors(write_routes, route(
+        "  KSR.tmx.t_continue(1, 2, 'nope_resume')\n"
+        "  KSR.async.ms_route('nope_ms', 100)\n"
+        "  KSR.async.task_route('nope_task')\n"
+        "  KSR.tmx.t_continue(1, 2, 'ksr_resume')",
+        "function ksr_resume() end\n",
+    ))
+    assert [(p.line, p.check) for p in found] == [(2, "missing"), (3, "missing"),
+                                                  (4, "missing")]
+    assert found[0].message == ("KSR.tmx.t_continue() arms nope_resume(), "
+                                "which is not defined")
+
+
 def test_a_local_function_cannot_be_armed(write_routes: Any) -> None:
     found = errors(write_routes, "local function ksr_failure() end\n" + route(
         "  KSR.tm.t_on_failure('ksr_failure')"))
