@@ -60,6 +60,7 @@ from ..script.context import MsgContext
 from ..script.exports import ModuleBuilder, RouteType
 from ..sip.message import SipRequest
 from ..sip.parser import parse_message_untrusted
+from ..storage.spec import SpecError, parse_attrs
 from ..transport.base import Address
 
 log = logging.getLogger("trio_sip.rtimer")
@@ -103,7 +104,7 @@ def faked_context(core: Any, route_type: RouteType = RouteType.TIMER) -> MsgCont
                       None, route_type, core)
 
 
-class RtimerSpecError(ValueError):
+class RtimerSpecError(SpecError):
     """A timer or exec definition that cannot be used."""
 
 
@@ -130,19 +131,7 @@ def parse_interval(text: str) -> float:
 
 
 def _attrs(text: str, allowed: tuple[str, ...], what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in text.strip().rstrip(";").split(";"):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        key = key.strip().lower()
-        if not sep:
-            raise RtimerSpecError(f"{what} {text!r}: {part.strip()!r} is not attr=value")
-        if key not in allowed:
-            raise RtimerSpecError(f"{what} {text!r}: unknown attribute {key!r} "
-                                  f"(attributes: {', '.join(allowed)})")
-        out[key] = value.strip()
-    return out
+    return parse_attrs(text, allowed, what, RtimerSpecError)
 
 
 def parse_timer_spec(text: str) -> TimerSpec:

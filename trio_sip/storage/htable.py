@@ -33,15 +33,12 @@ from typing import Any
 import trio
 import trio.lowlevel
 
+from .spec import SpecError as SpecError  # re-exported: the modules catch it from here
 from .sqlite import Clock, SqliteWriter, check_identifier
 
 log = logging.getLogger("trio_sip.htable")
 
 Value = int | str
-
-
-class SpecError(ValueError):
-    """A table definition that cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .spec import SpecError, parse_attrs
 from .sqlite import SqliteWriter, check_identifier
 
 log = logging.getLogger("trio_sip.mqueue")
@@ -48,10 +49,6 @@ log = logging.getLogger("trio_sip.mqueue")
 ADD_ALWAYS = 0
 ADD_KEEP_OLDEST = 1
 ADD_KEEP_NEWEST = 2
-
-
-class SpecError(ValueError):
-    """A queue definition that cannot be used; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,20 +78,7 @@ class QueueSpec:
 def parse_queue_spec(text: str) -> QueueSpec:
     """Parse Kamailio's ``attr=value;...`` definition (a trailing ``;`` is allowed;
     attribute names are case-insensitive)."""
-    attrs: dict[str, str] = {}
-    for part in text.strip().rstrip(";").split(";"):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        key = name.strip().lower()
-        if not sep:
-            raise SpecError(f"mqueue {text!r}: {part.strip()!r} is not attr=value")
-        if key not in ("name", "size", "addmode", "dbmode"):
-            raise SpecError(f"mqueue {text!r}: unknown attribute {key!r} "
-                            "(attributes: name, size, addmode, dbmode)")
-        if key in attrs:
-            raise SpecError(f"mqueue {text!r}: {key} given twice")
-        attrs[key] = value.strip()
+    attrs = parse_attrs(text, ("name", "size", "addmode", "dbmode"), "mqueue")
     qname = attrs.get("name", "")
     if not qname:
         raise SpecError(f"mqueue {text!r}: no name (name=... is mandatory)")
