@@ -65,6 +65,8 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from .sqlite import DbUrlError, resolve_db_url
+
 log = logging.getLogger("trio_sip.sql")
 
 #: a SQL value as routes see it
@@ -105,13 +107,15 @@ def parse_sql_url(url: str, data_dir: str = "var") -> SqlUrl:
     text = url.strip()
     low = text.lower()
     if low.startswith("sqlite://"):
-        rest = text[len("sqlite://"):]
-        if rest == ":memory:":
+        if text[len("sqlite://"):] == ":memory:":
             return SqlUrl("sqlite", ":memory:")
-        if not rest.startswith("/") or len(rest) < 2:
+        try:  # the same rule as every other db_url (usrloc, htable, mqueue)
+            path = resolve_db_url(text, data_dir)
+        except DbUrlError as exc:
             raise SqlUrlError(f"bad SQLite URL {url!r}: use sqlite:///relative/path, "
-                              "sqlite:////absolute/path or sqlite://:memory:")
-        return SqlUrl("sqlite", rest[1:].replace("{data_dir}", data_dir))
+                              "sqlite:////absolute/path or sqlite://:memory:") from exc
+        assert path is not None  # "" and "none" do not start with sqlite://
+        return SqlUrl("sqlite", path)
     if low.startswith(("postgresql://", "postgres://")):
         target = "postgresql://" + text.split("://", 1)[1]
         parts = urlsplit(target)
