@@ -105,6 +105,8 @@ EXIT_INTERNAL_COMMAND = 97
 EXIT_NO_CALLS = 99
 EXIT_FATAL = 255  # -1
 EXIT_BIND_ERROR = 254  # -2
+#: runs made when SIPp loses a race for the free ports chosen for it
+_BIND_ATTEMPTS = 3
 
 _EXIT_MEANING = {
     EXIT_ALL_OK: "all calls successful",
@@ -455,18 +457,34 @@ class Sipp:
     # -- running --
 
     def run(self, *, keep_workdir: bool | None = None) -> SippResult:
-        """Run to completion (blocking) and return the result."""
-        with self.start() as proc:
-            return proc.wait(keep_workdir=keep_workdir)
+        """Run to completion (blocking) and return the result (see ``_bind_race``)."""
+        for _ in range(_BIND_ATTEMPTS):
+            with self.start() as proc:
+                result = proc.wait(keep_workdir=keep_workdir)
+            if not self._bind_race(result):
+                break
+        return result
+
+    def _bind_race(self, result: SippResult) -> bool:
+        """True when SIPp could not bind a port we chose for it before any call started:
+        the ports are picked free and bound by SIPp a moment later, and a parallel test
+        may take one in between. Then the run is made again on new free ports (only
+        ports the caller did not fix are chosen again)."""
+        return (result.returncode == EXIT_BIND_ERROR and result.total_calls == 0
+                and None in (self.local_port, self.control_port, self.media_port))
 
     def start(self) -> SippProcess:
         """Start in the background (blocking API); use as a context manager."""
         return SippProcess(self.resolved(), owns_workdir=self.workdir is None)
 
     async def run_async(self, *, keep_workdir: bool | None = None) -> SippResult:
-        """Run to completion inside Trio; cancellation kills SIPp."""
-        async with self.running(ready=False) as proc:
-            return await proc.wait(keep_workdir=keep_workdir)
+        """Run to completion inside Trio; cancellation kills SIPp (see ``_bind_race``)."""
+        for _ in range(_BIND_ATTEMPTS):
+            async with self.running(ready=False) as proc:
+                result = await proc.wait(keep_workdir=keep_workdir)
+            if not self._bind_race(result):
+                break
+        return result
 
     @contextlib.asynccontextmanager
     async def running(
