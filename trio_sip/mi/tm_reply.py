@@ -87,7 +87,6 @@ def _headers(text: str) -> list[str]:
 
 
 def _reply(ctx: MiContext, index: int, label: int, params: Mapping[str, Any]) -> Any:
-    from ..runtime.transactions import _Wake
 
     code = _int(params, "code")
     if not 100 <= code <= 699:
@@ -124,7 +123,7 @@ def _reply(ctx: MiContext, index: int, label: int, params: Mapping[str, Any]) ->
     if code >= 200:
         tx.suspended = False
         cancelled = tx.cancel_branches()
-    tx.post(_Wake())  # the transaction's task sends what was queued and takes new deadlines
+    tx.wake()  # the transaction's task sends what was queued and takes new deadlines
     ctx.stats["tm_replies"] += 1
     return {"index": index, "label": label, "code": code, "cancelled_branches": cancelled}
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import trio
 
-from ..runtime.transactions import _Wake
 from ..script.context import MsgContext
 from ..script.exports import ModuleBuilder, RouteType
 from ..script.ops import AsyncOp
@@ -147,7 +146,7 @@ def t_suspend(ctx: MsgContext) -> int:
         tx.no_branch_deadline = trio.current_time() + tx.layer.fr_for(tx.method, tx.settings,
                                                                       tx.params)
     tx.suspended = True
-    tx.post(_Wake())  # the run loop takes the new deadline
+    tx.wake()  # the run loop takes the new deadline
     return 1
 
 

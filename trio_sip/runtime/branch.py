@@ -1,9 +1,9 @@
-"""One client transaction of a proxied request: a child task of its server transaction.
+"""One client transaction of a proxied request, driven by its server transaction's task.
 
 Theory of operation
 -------------------
 A :class:`Branch` owns a sans-IO client machine (ICT for INVITE, NICT
-otherwise) and three deadlines that its task waits on in one cancel scope:
+otherwise) and three deadlines:
 
 * the machine's own timer (A/B/D/E/F/K/M, RFC 3261 §17.1),
 * Kamailio's final-response timer: ``fr`` until the first provisional, then
@@ -13,11 +13,16 @@ otherwise) and three deadlines that its task waits on in one cancel scope:
 * after we sent a CANCEL, 64*T1 for the final response (§9.1), after which the
   branch counts as terminated with a local 487.
 
-Responses reach the branch through its inbox (the dispatcher matched them by
-§17.1.3); what the machine passes up goes to the server transaction's inbox,
-which owns every routing decision. When the fr timer expires the branch
-reports a local 408 and, for an INVITE that had a provisional, CANCELs
-itself (§16.8); the CANCEL is its own NICT, run inside this task.
+It is a set of event handlers (``begin``, ``prepare``, ``deadline``, ``receive``,
+``timeout``, ``end``) called by one driver task. A server transaction drives its
+branches in its own task: it waits for the earliest deadline of itself and its
+branches, and the dispatcher hands it the responses it matched (§17.1.3) through
+its inbox. Other owners (t_replicate, the local UAC of runtime/uac.py) run
+``Branch.run``, which drives the branch in a task of its own with its own inbox.
+What the machine passes up goes to the owner as a :class:`BranchEvent`; the owner
+makes every routing decision. When the fr timer expires the branch reports a local
+408 and, for an INVITE that had a provisional, CANCELs itself (§16.8); the CANCEL is
+its own NICT, driven with the branch.
 
 Once the branch has a *local* final (408 on fr or on the transaction's lifetime,
 487 after an unanswered CANCEL) and no CANCEL in flight, it is *lingering*: it
@@ -26,7 +31,7 @@ when fr fires) but stays matchable until its server transaction ends, so that
 stragglers are handled as §16.7 wants while the response context exists: a late
 1xx is CANCELled (Kamailio ``cancel_b_method`` 1), a late final is ACKed by the
 machine and absorbed, a late 2xx is passed up and forwarded. The server
-transaction does not wait for lingering branches; it cancels them when it ends.
+transaction does not wait for lingering branches; it ends them when it ends.
 
 Timer B and F are not the limit of a proxied branch: fr/fr_inv are (Kamailio has
 no B/F for branches), so the transaction layer gives the machines a B/F beyond
@@ -35,14 +40,14 @@ the RFC's 64*T1.
 
 ::
 
-    server transaction task                      branch task
-    ───────────────────────                      ───────────
-    start_soon(branch.run) ───────────────────▶  machine.start(): INVITE out
-    dispatcher: 180 ──────────────────────────▶  inbox → PassUp ──▶ tx inbox
-                                                 fr_inv armed
-    tx decides "cancel" ──── branch.cancel() ──▶ CANCEL NICT (if a 1xx came)
-    dispatcher: 487 ──────────────────────────▶  ACK out, PassUp ─▶ tx inbox
-                                                 Timer D, then Terminated: task ends
+    server transaction task (drives its branches)
+    ─────────────────────────────────────────────
+    branch.begin(): machine.start(): INVITE out
+    dispatcher: 180 ──▶ tx inbox ──▶ branch.receive() ──▶ PassUp: BranchEvent ──▶ tx
+                                     fr_inv armed
+    tx decides "cancel": branch.cancel(); branch.prepare(): CANCEL NICT (if a 1xx came)
+    dispatcher: 487 ──▶ tx inbox ──▶ branch.receive(): ACK out, BranchEvent ──▶ tx
+    branch.timeout(): Timer D, then Terminated: branch.end()
 """
 
 from __future__ import annotations
@@ -71,12 +76,21 @@ from ..transaction import (
 from ..transaction.actions import Action
 from ..transaction.matching import ClientKey, client_key_for_request
 from ..transport.base import Address, Transport
+from .mailbox import Mailbox
 
 if TYPE_CHECKING:
     from ..dns import Resolution, Target
     from .transactions import ServerTx
 
 log = logging.getLogger("trio_sip.tm")
+
+
+@dataclass(frozen=True, slots=True)
+class BranchResponse:
+    """A response for a branch its server transaction drives (``Branch.deliver``)."""
+
+    branch: Branch
+    response: SipResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +135,10 @@ class Branch:
         else:
             self.machine = ClientNonInviteTransaction(req, data, transport.reliable, timers, now)
         self.key: ClientKey = client_key_for_request(branch_id, self.method)
-        self.inbox_send, self.inbox = trio.open_memory_channel[SipResponse](64)
+        #: responses, when the branch runs as its own task (``run``); a branch of a server
+        #: transaction is driven by that transaction's task and has none
+        self._mailbox: Mailbox[SipResponse] | None = None
+        self._driven: bool = getattr(tx, "drives_branches", False)
         #: highest status received (0: none), and the final response once there is one
         self.last_status = 0
         self.final: SipResponse | None = None
@@ -142,10 +159,11 @@ class Branch:
         self.flags = 0
         self.fr_deadline = math.inf
         self.cancel_deadline = math.inf
-        self.done = trio.Event()
+        #: the machine was started (``begin``), and the branch ended (``end``)
+        self.started = False
+        self.ended = False
         self._cancel_nict: ClientNonInviteTransaction | None = None
         self._cancel_key: ClientKey | None = None
-        self._scope: trio.CancelScope | None = None
         #: new timer values (t_set_retr) for the task to apply: the machine's actions
         #: are this task's to carry out
         self._new_timers: TimerConfig | None = None
@@ -167,7 +185,7 @@ class Branch:
     def lingering(self) -> bool:
         """Settled locally (408/487) with no CANCEL in flight or due: the branch only
         absorbs stragglers now, and its server transaction need not wait for it."""
-        if self.local_status == 0 or self.done.is_set() or self.machine.terminated:
+        if self.local_status == 0 or self.ended or self.machine.terminated:
             return False
         if self.cancel_sent:
             return self.cancel_deadline == math.inf  # the CANCEL got its final, or gave up
@@ -176,13 +194,15 @@ class Branch:
         return True
 
     def deliver(self, resp: SipResponse) -> bool:
-        """Called by the dispatcher (any task): queue a matched response."""
-        try:
-            self.inbox_send.send_nowait(resp)
-        except trio.WouldBlock:
+        """Called by the dispatcher (any task): queue a matched response for whichever
+        task drives this branch (its server transaction's, or its own)."""
+        if self._driven:
+            ok = self.tx.post(BranchResponse(self, resp))
+        else:
+            ok = self._mailbox is not None and self._mailbox.put(resp)
+        if not ok:
             self.tx.layer.stats["rpl_dropped"] += 1
-            return False
-        return True
+        return ok
 
     def cancel(self) -> None:
         """Ask for this branch to be cancelled (§16.10): at once if a provisional came,
@@ -209,73 +229,113 @@ class Branch:
         self._new_timers = timers
         self._wake()
 
-    # -- the task ---------------------------------------------------------------------
+    # -- driving ------------------------------------------------------------------------
+    #
+    # A branch is a set of event handlers around its machine: ``begin`` (send the
+    # request), ``prepare`` (what is due before waiting: new timers, a CANCEL),
+    # ``deadline``, ``receive`` (a matched response), ``timeout`` (a deadline passed) and
+    # ``end``. The task that calls them is its driver: a server transaction drives its
+    # branches in its own task (ServerTx.run: no task, inbox or cancel scope per branch,
+    # and a response costs one task hop instead of two); other owners (t_replicate, the
+    # local UAC) run ``run``, which drives the branch in a task of its own.
 
     async def run(self) -> None:
-        layer = self.tx.layer
-        layer.clients[self.key] = self
+        """Drive the branch in a task of its own until it ends."""
+        mailbox = self._mailbox = Mailbox[SipResponse](64)
         try:
-            now = trio.current_time()
-            self._arm_fr(now)
-            await self._execute(self.machine.start(now))
-            while not self.machine.terminated:
-                # Everything that sends happens here, outside the cancel scope below:
-                # a wake-up (cancel(), retime()) can never cut a send in half.
-                if self._new_timers is not None:
-                    timers, self._new_timers = self._new_timers, None
-                    await self._execute(self.machine.set_timers(timers, trio.current_time()))
-                    continue
-                if self.cancel_requested and not self.cancel_sent:
-                    await self._maybe_send_cancel()
-                if self.lingering and not self.tx.keeps_lingering_branches:
-                    break
-                deadline = min(self._machine_deadline(), self.fr_deadline, self.cancel_deadline)
-                if self._cancel_nict is not None:
-                    deadline = min(deadline, self._cancel_nict.next_deadline())
-                resp: SipResponse | None = None
-                with trio.CancelScope(deadline=deadline) as scope:
-                    self._scope = scope
-                    resp = await self.inbox.receive()
-                self._scope = None
+            await self.begin()
+            while await self.prepare():
+                resp = await mailbox.get(self.deadline())
                 now = trio.current_time()
                 if resp is not None:
-                    if resp.cseq_method == "CANCEL":
-                        await self._on_cancel_response(resp, now)
-                    else:
-                        await self._on_response(resp, now)
-                    continue
-                if self._cancel_nict is not None and now >= self._cancel_nict.next_deadline():
-                    await self._execute_cancel(self._cancel_nict.handle_timer(now))
-                if now >= self.cancel_deadline:
-                    # §9.1: no final response 64*T1 after the CANCEL: consider it
-                    # cancelled (a branch already settled by fr just stops waiting)
-                    self.cancel_deadline = math.inf
-                    if self.pending:
-                        self.local_status = 487
-                        self._report("timeout")
-                    else:
-                        # settled by fr before: now lingering, which the server
-                        # transaction may be waiting for to end
-                        self._report("settled")
-                    continue
-                if now >= self.fr_deadline:
-                    self.fr_deadline = math.inf
-                    await self._fr_expired()
-                    continue
-                if now >= self._machine_deadline():
-                    await self._execute(self.machine.handle_timer(now))
+                    await self.receive(resp, now)
+                else:
+                    await self.timeout(now)
         finally:
-            self._scope = None
-            layer.clients.pop(self.key, None)
-            if self._cancel_key is not None:
-                layer.clients.pop(self._cancel_key, None)
-            layer.branch_ended(self)  # late responses: absorbed, not forwarded (non-2xx)
-            self.done.set()
+            mailbox.close()
+            self.end()
             self.tx.post(BranchEvent(self, "done"))
 
+    async def begin(self) -> None:
+        """Register for responses, arm fr, send the request."""
+        self.started = True
+        self.tx.layer.clients[self.key] = self
+        now = trio.current_time()
+        self._arm_fr(now)
+        await self._execute(self.machine.start(now))
+
+    async def prepare(self) -> bool:
+        """Carry out what is due before waiting (new timers from t_set_retr, a CANCEL
+        asked for). False when there is nothing left to wait for: the machine ended, or
+        the branch lingers and its owner does not keep lingering branches."""
+        while not self.machine.terminated:
+            # Everything that sends happens here or in receive/timeout, between waits:
+            # a wake-up (cancel(), retime()) never cuts a send in half.
+            if self._new_timers is not None:
+                timers, self._new_timers = self._new_timers, None
+                await self._execute(self.machine.set_timers(timers, trio.current_time()))
+                continue
+            if self.cancel_requested and not self.cancel_sent:
+                await self._maybe_send_cancel()
+            return not (self.lingering and not self.tx.keeps_lingering_branches)
+        return False
+
+    def deadline(self) -> float:
+        """When ``timeout`` has something to do."""
+        deadline = min(self._machine_deadline(), self.fr_deadline, self.cancel_deadline)
+        if self._cancel_nict is not None:
+            deadline = min(deadline, self._cancel_nict.next_deadline())
+        return deadline
+
+    async def receive(self, resp: SipResponse, now: float) -> None:
+        if resp.cseq_method == "CANCEL":
+            await self._on_cancel_response(resp, now)
+        else:
+            await self._on_response(resp, now)
+
+    async def timeout(self, now: float) -> None:
+        """Act on what is due at ``now`` (one thing of fr/CANCEL deadline per call: the
+        driver calls ``prepare`` and asks for the deadline again in between)."""
+        if self._cancel_nict is not None and now >= self._cancel_nict.next_deadline():
+            await self._execute_cancel(self._cancel_nict.handle_timer(now))
+        if now >= self.cancel_deadline:
+            # §9.1: no final response 64*T1 after the CANCEL: consider it
+            # cancelled (a branch already settled by fr just stops waiting)
+            self.cancel_deadline = math.inf
+            if self.pending:
+                self.local_status = 487
+                self._report("timeout")
+            else:
+                # settled by fr before: now lingering, which the server
+                # transaction may be waiting for to end
+                self._report("settled")
+            return
+        if now >= self.fr_deadline:
+            self.fr_deadline = math.inf
+            await self._fr_expired()
+            return
+        if now >= self._machine_deadline():
+            await self._execute(self.machine.handle_timer(now))
+
+    def end(self) -> None:
+        """The branch is over (its machine ended, or its driver stopped): unregister,
+        and leave the record that late responses are matched against."""
+        if self.ended:
+            return
+        self.ended = True
+        layer = self.tx.layer
+        layer.clients.pop(self.key, None)
+        if self._cancel_key is not None:
+            layer.clients.pop(self._cancel_key, None)
+        layer.branch_ended(self)  # late responses: absorbed, not forwarded (non-2xx)
+
     def _wake(self) -> None:
-        if self._scope is not None:
-            self._scope.deadline = trio.current_time()
+        """State changed outside the driver (cancel(), retime(), expire()): have it look."""
+        if self._driven:
+            self.tx.wake()
+        elif self._mailbox is not None:
+            self._mailbox.wake()
+        # else: its own task has not started; prepare() looks at the flags first thing
 
     def _machine_deadline(self) -> float:
         """The machine's next timer, except after a local final with no final received:

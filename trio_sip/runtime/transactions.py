@@ -8,8 +8,11 @@ is created when a route arms a transaction (``t_newtran``, ``t_relay``,
 
 * the sans-IO server machine (IST/NIST, RFC 3261 §17.2 + RFC 6026) and its
   timers G/H/I/J/L, whose linger durations are Kamailio's ``wt_timer``;
-* a nursery holding one :class:`~trio_sip.runtime.branch.Branch` task per
-  client transaction (each with its own A/B/D/E/F/K/M timers and fr/fr_inv);
+* one :class:`~trio_sip.runtime.branch.Branch` per client transaction (each with
+  its own A/B/D/E/F/K/M timers and fr/fr_inv), driven in this same task: the task
+  waits for the earliest deadline of the machine, its lifetime and every branch;
+* a nursery, opened only when the transaction has a task to own (a route
+  continuation that waits, a DNS lookup of t_relay): then the loop goes on inside it;
 * the transaction's lifetime deadline (``max_inv_lifetime``, Timer C's role,
   or ``max_noninv_lifetime``), after which pending branches are cancelled and
   408 is answered;
@@ -19,17 +22,22 @@ is created when a route arms a transaction (``t_newtran``, ``t_relay``,
 Everything reaches the task through its inbox (branch events, request
 retransmissions, ACKs); the task is the only one that touches its state, one
 event at a time, so no route ever sees a half-updated transaction. When the
-machine and every branch have terminated, the nursery closes: nothing the
-transaction started outlives it.
+machine and every branch have terminated, the task ends (and its nursery, if it
+had one, closes): nothing the transaction started outlives it.
 
 ::
 
     dispatcher ─┬─ retransmission / ACK ─────────────▶ ServerTx.inbox
-                └─ response (client key §17.1.3) ───▶ Branch.inbox ─▶ ServerTx.inbox
-    ServerTx task: loop { start new branches; flush sends; wait(inbox, deadline) }
+                └─ response (client key §17.1.3) ───▶ ServerTx.inbox (BranchResponse)
+    ServerTx task: loop { begin new branches; branches' prepare; flush sends;
+                          wait(inbox, earliest deadline); receive / timeout }
+
+One task per transaction, not one per branch as well: a response costs one task
+switch, and a transaction that never waits for a route costs no nursery
+(runtime/mailbox.py has the figures of what the inboxes save).
 
 Branches settled locally (408 on fr or on the lifetime, 487 after an unanswered
-CANCEL) *linger* (branch.py): the task does not wait for them and cancels them when it
+CANCEL) *linger* (branch.py): the task does not wait for them and ends them when it
 ends.
 
 After the task: Kamailio's wt (Timers D, J, L, M here; I is T4) is shorter than 64*T1,
@@ -100,7 +108,8 @@ from ..transaction.matching import (
     server_key,
 )
 from ..transport.base import Address, Transport, is_ip_literal
-from .branch import Branch, BranchEvent
+from .branch import Branch, BranchEvent, BranchResponse
+from .mailbox import Mailbox
 
 if TYPE_CHECKING:
     from .core import ProxyCore
@@ -138,11 +147,6 @@ class _Retransmission:
 @dataclass
 class _Ack:
     ack: SipRequest
-
-
-@dataclass
-class _Wake:
-    """Re-run the loop (new branches added from outside the task, settings changed)."""
 
 
 @dataclass
@@ -204,7 +208,7 @@ class ServerTx:
         self._unstarted_tasks: list[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = []
         self.waiting_routes = 0
         self._route_scopes: list[trio.CancelScope] = []
-        self.inbox_send, self.inbox = trio.open_memory_channel[object](256)
+        self.inbox: Mailbox[object] = Mailbox(256)
         # armed routes (function names), Kamailio t_on_*
         self.on_failure: str | None = ctx.armed.pop("failure", None)
         self.on_reply: str | None = ctx.armed.pop("reply", None)
@@ -275,17 +279,21 @@ class ServerTx:
             self._execute(self.machine.set_timers(timers, trio.current_time()))
         for b in self.branches:
             b.retime(timers)
-        self.post(_Wake())
+        self.wake()
 
     # -- events -----------------------------------------------------------------
 
-    def post(self, event: object) -> None:
-        try:
-            self.inbox_send.send_nowait(event)
-        except trio.WouldBlock:
-            self.layer.stats["events_dropped"] += 1
-        except trio.ClosedResourceError:
-            pass
+    def post(self, event: object) -> bool:
+        """Queue an event for the task (False: the inbox is full, the event is dropped
+        and counted)."""
+        if self.inbox.put(event):
+            return True
+        self.layer.stats["events_dropped"] += 1
+        return False
+
+    def wake(self) -> None:
+        """Have the task look at its state again (new deadlines, branches, queued sends)."""
+        self.inbox.wake()
 
     def absorbs_ack(self, ack: SipRequest) -> bool:
         """An ACK for a non-2xx final we sent (hop-by-hop, §17.2.1) is ours to absorb."""
@@ -385,7 +393,7 @@ class ServerTx:
             # nothing downstream to wait for (a route still waiting, or suspended): the
             # caller gets its 487 now
             self.reply_local(487, "Request Terminated")
-        self.post(_Wake())
+        self.wake()
 
     def cancel_waiting_routes(self, why: str) -> None:
         """Cancel every route continuation of this transaction that is waiting: the route
@@ -411,7 +419,7 @@ class ServerTx:
         self._unstarted.append(branch)
         self.layer.stats["UAC_transactions"] += 1
         if self.running:
-            self.post(_Wake())
+            self.wake()
 
     @property
     def pending_branches(self) -> list[Branch]:
@@ -427,7 +435,7 @@ class ServerTx:
         self._unstarted_tasks.append((fn, args))
         self.waiting_routes += 1
         if self.running:
-            self.post(_Wake())  # else run(), already start_soon'ed, starts it first thing
+            self.wake()  # else run(), already start_soon'ed, starts it first thing
 
     async def _owned(self, fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
                      ) -> None:
@@ -444,52 +452,92 @@ class ServerTx:
         finally:
             self._route_scopes.remove(scope)
             self.waiting_routes -= 1
-            self.post(_Wake())
+            self.wake()
+
+    #: the branches of a server transaction are driven by its task (Branch.deliver
+    #: posts their responses here), not by tasks of their own
+    drives_branches = True
 
     async def run(self) -> None:
-        layer = self.layer
         token = current_call_id.set(self.request.call_id)
         self.running = True
         try:
-            async with trio.open_nursery() as nursery:
-                while True:
-                    for b in self._unstarted:
-                        nursery.start_soon(b.run)
-                    self._unstarted.clear()
-                    for fn, args in self._unstarted_tasks:
-                        nursery.start_soon(self._owned, fn, args)
-                    self._unstarted_tasks.clear()
-                    await layer.core.flush(self.ctx)
-                    if self._done():
-                        break
-                    deadline = min(self.machine.next_deadline(), self._own_deadline())
-                    event: object = None
-                    with trio.move_on_at(deadline):
-                        event = await self.inbox.receive()
-                    now = trio.current_time()
-                    try:
-                        if event is not None:
-                            await self._handle(event)
-                            continue
-                        if now >= self._own_deadline():
-                            await self._expire(now)
-                        if now >= self.machine.next_deadline() and not self.machine.terminated:
-                            self._execute(self.machine.handle_timer(now))
-                    except Exception:
-                        # a bug here must not take the server (the layer's nursery) down
-                        # with it: log it, count it, answer if we still can
-                        log.exception("transaction %d: error handling %r", self.index, event)
-                        layer.stats["tx_errors"] += 1
-                        if not self.final_status:
-                            self.reply_local(500, "Server Internal Error")
-                # lingering branches (settled locally) end with us
-                nursery.cancel_scope.cancel()
+            # Most transactions own no task: their branches are driven right here. A
+            # nursery is opened the first time there is a task to own (a route
+            # continuation that waits), and the same loop goes on inside it.
+            if not await self._loop(None):
+                async with trio.open_nursery() as nursery:
+                    await self._loop(nursery)
+                    nursery.cancel_scope.cancel()  # what it still owns ends with it
         finally:
             self.running = False
-            layer.forget(self)
-            self.inbox_send.close()
+            for b in self.branches:
+                if b.started:
+                    b.end()  # lingering branches end with us
+            self.layer.forget(self)
+            self.inbox.close()
             self.finished.set()
             current_call_id.reset(token)
+
+    async def _loop(self, nursery: trio.Nursery | None) -> bool:
+        """Serve events and deadlines until the transaction is done (True); without a
+        nursery, return False as soon as a task is to be started."""
+        layer = self.layer
+        while True:
+            if self._unstarted_tasks:
+                if nursery is None:
+                    return False
+                for fn, args in self._unstarted_tasks:
+                    nursery.start_soon(self._owned, fn, args)
+                self._unstarted_tasks.clear()
+            if self._unstarted:
+                starting, self._unstarted = self._unstarted, []
+                for b in starting:
+                    await self._drive(b, b.begin())
+            deadline = min(self.machine.next_deadline(), self._own_deadline())
+            for b in self.branches:
+                if b.started and not b.ended:
+                    if await self._drive(b, b.prepare()):
+                        deadline = min(deadline, b.deadline())
+                    else:
+                        b.end()
+            await layer.core.flush(self.ctx)
+            if self._done():
+                return True
+            event = await self.inbox.get(deadline)
+            now = trio.current_time()
+            try:
+                if event is not None:
+                    await self._handle(event)
+                    continue
+                for b in self.branches:
+                    if b.started and not b.ended and now >= b.deadline():
+                        await self._drive(b, b.timeout(now))
+                if now >= self._own_deadline():
+                    await self._expire(now)
+                if now >= self.machine.next_deadline() and not self.machine.terminated:
+                    self._execute(self.machine.handle_timer(now))
+            except Exception:
+                # a bug here must not take the server (the layer's nursery) down
+                # with it: log it, count it, answer if we still can
+                log.exception("transaction %d: error handling %r", self.index, event)
+                layer.stats["tx_errors"] += 1
+                if not self.final_status:
+                    self.reply_local(500, "Server Internal Error")
+
+    async def _drive(self, b: Branch, step: Awaitable[bool | None]) -> bool:
+        """Run one of ``b``'s handlers. A bug in one ends that branch (logged, counted,
+        a local 500 for it) instead of the transaction or the server; False then."""
+        try:
+            return bool(await step)
+        except Exception:
+            log.exception("transaction %d: branch %d failed", self.index, b.index)
+            self.layer.stats["tx_errors"] += 1
+            if b.pending:
+                b.local_status = 500
+                self.post(BranchEvent(b, "failed"))
+            b.end()
+            return False
 
     def _final_sent(self) -> bool:
         """A final response went through the machine (t_drop marks final_status
@@ -513,7 +561,7 @@ class ServerTx:
             return False
         if not self.machine.terminated and not (self.expired and not self._final_sent()):
             return False
-        return all(b.done.is_set() or b.lingering for b in self.branches)
+        return all(b.ended or b.lingering for b in self.branches)
 
     async def _expire(self, now: float) -> None:
         """The lifetime (Timer C / max_*_lifetime), or fr for a transaction that never
@@ -538,7 +586,11 @@ class ServerTx:
             self.reply_local(408, "Request Timeout")
 
     async def _handle(self, event: object) -> None:
-        if isinstance(event, BranchEvent):
+        if isinstance(event, BranchResponse):
+            b = event.branch
+            if b.started and not b.ended:
+                await self._drive(b, b.receive(event.response, trio.current_time()))
+        elif isinstance(event, BranchEvent):
             b = event.branch
             if event.kind == "reply" and event.response is not None:
                 await self._on_reply(b, event.response)
