@@ -55,6 +55,7 @@ import itertools
 import logging
 import math
 import os
+import random
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -176,7 +177,7 @@ class ServerTx:
         self.key = key
         self.method = req.method
         self.index = next(self._ids)  # $T(id_index)
-        self.label = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF  # $T(id_label)
+        self.label = layer.labels.getrandbits(31)  # $T(id_label)
         self.created = now
         self.settings = settings if settings is not None else TxSettings()
         #: the [tm] values when the transaction was made: kept for its whole life, so a
@@ -198,9 +199,7 @@ class ServerTx:
             host, port = reply_destination(req.via1, ctx.source.host, ctx.source.port,
                                            force_rport=ctx.force_rport)
             self.upstream = _Upstream(ctx.transport, Address(host, port))
-        self.to_tag = generated_to_tag(req.call_id, req.from_tag,
-                                       (req.via1.branch if req.via1 else "") or "",
-                                       str(req.cseq_num))
+        self._to_tag: str | None = None  # made when a reply needs it (``to_tag``)
         self.branches: list[Branch] = []
         self._unstarted: list[Branch] = []
         #: tasks the transaction owns besides its branches: route continuations that wait
@@ -241,6 +240,23 @@ class ServerTx:
         self._last_final: Branch | None = None
         #: t_relay_to_flags 0x04 on the last relay: no DNS failover for its branches
         self.no_dns_failover = False
+
+    @property
+    def to_tag(self) -> str:
+        """The To tag of our own replies: the same for every retransmission of the
+        request (a hash of it), made the first time a reply (> 100) needs it, which a
+        relayed call never does."""
+        tag = self._to_tag
+        if tag is None:
+            req = self.request
+            tag = self._to_tag = generated_to_tag(
+                req.call_id, req.from_tag, (req.via1.branch if req.via1 else "") or "",
+                str(req.cseq_num))
+        return tag
+
+    @to_tag.setter
+    def to_tag(self, tag: str) -> None:
+        self._to_tag = tag
 
     # -- timers -----------------------------------------------------------------
 
@@ -829,6 +845,10 @@ class TransactionLayer:
         self.in_progress: Counter[AnyServerKey] = Counter()
         self._branch_ids = itertools.count(1)
         self._secret = os.urandom(4).hex()
+        #: $T(id_label) of new transactions: unpredictable enough for a label (Kamailio's
+        #: is a counter), without a getrandom() system call per transaction
+        self.labels = random.Random(os.urandom(16))
+        self._timers_cache: dict[tuple[object, ...], tuple[TmConfig, TimerConfig]] = {}
         #: INVITE branches that ended, by client key, until a late response to one is
         #: no longer ours to answer (see ``branch_ended``); and the same keys in the
         #: order they ended, for pruning
@@ -844,6 +864,20 @@ class TransactionLayer:
         """The timers of a transaction with settings ``s``, from ``params`` (the
         transaction's own snapshot; default: the layer's current values)."""
         p = params if params is not None else self.params
+        # the same few combinations for every transaction: made once each (a
+        # TimerConfig is immutable); keyed by the params object, replaced on cfg.set
+        key = (id(p), s.fr, s.fr_inv, s.t1, s.t2, s.max_lifetime)
+        hit = self._timers_cache.get(key)
+        if hit is not None and hit[0] is p:
+            return hit[1]
+        timers = self._make_timers(s, p)
+        if len(self._timers_cache) >= 64:
+            self._timers_cache.clear()  # t_set_fr with ever new values: stay bounded
+        self._timers_cache[key] = (p, timers)
+        return timers
+
+    @staticmethod
+    def _make_timers(s: TxSettings, p: TmConfig) -> TimerConfig:
         wt = p.wt_timer / 1000
         t1 = s.t1 if s.t1 is not None else p.retr_timer1 / 1000
         t2 = s.t2 if s.t2 is not None else p.retr_timer2 / 1000
@@ -999,9 +1033,11 @@ class TransactionLayer:
         # it all (a request holds ~100 objects: kept 32 s at 100 calls/s they were most
         # of the heap every full GC pass walked)
         legacy_req = tx.request if isinstance(tx.key, LegacyServerKey) else None
+        # the To tag matters for RFC 2543 ACK matching only
+        to_tag = (tx.final_to_tag or tx.to_tag) if legacy_req is not None else ""
         self._server_ended[tx.key] = _EndedServer(
             until, legacy_req, final, tx.method == "INVITE" and status >= 300,
-            tx.final_to_tag or tx.to_tag, tx.upstream)
+            to_tag, tx.upstream)
         self._server_ended_order.append((until, tx.key))
 
     def _prune_server_ended(self, now: float) -> None:
