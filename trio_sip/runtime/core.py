@@ -247,9 +247,10 @@ class ProxyCore:
 
     async def handle_response(self, resp: SipResponse, source: Address, transport: Transport,
                               conn_id: int | None) -> None:
-        ctx = MsgContext(resp, source, transport, conn_id, RouteType.CORE_REPLY, self)
         fn = self.engine.function(self.reply_route)
+        ctx: MsgContext | None = None
         if fn is not None:
+            ctx = MsgContext(resp, source, transport, conn_id, RouteType.CORE_REPLY, self)
             step = self.engine.start(fn, ctx)
             await self._finish(ctx, step)
             if ctx.drop or (step.done and step.value is not None and _is_zero(step.value)):
@@ -257,6 +258,8 @@ class ProxyCore:
                 return
         if self.tm.match_response(resp):
             return  # its branch takes it from here
+        if ctx is None:  # made only now: most responses match a branch and need none
+            ctx = MsgContext(resp, source, transport, conn_id, RouteType.CORE_REPLY, self)
         self.forward_response(ctx)
         await self.flush(ctx)
 
