@@ -280,6 +280,12 @@ class Branch:
             return not (self.lingering and not self.tx.keeps_lingering_branches)
         return False
 
+    def has_work(self) -> bool:
+        """Whether ``prepare`` has more to do than check that the branch goes on: for an
+        owner that keeps lingering branches (a server transaction), ``prepare()`` is
+        ``not self.machine.terminated`` when this is False."""
+        return self._new_timers is not None or (self.cancel_requested and not self.cancel_sent)
+
     def deadline(self) -> float:
         """When ``timeout`` has something to do."""
         deadline = min(self._machine_deadline(), self.fr_deadline, self.cancel_deadline)

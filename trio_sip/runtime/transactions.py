@@ -513,7 +513,9 @@ class ServerTx:
             deadline = min(self.machine.next_deadline(), self._own_deadline())
             for b in self.branches:
                 if b.started and not b.ended:
-                    if await self._drive(b, b.prepare()):
+                    # prepare() only when it has something to do (most passes: nothing)
+                    if await self._drive(b, b.prepare()) if b.has_work() \
+                            else not b.machine.terminated:
                         deadline = min(deadline, b.deadline())
                     else:
                         b.end()
