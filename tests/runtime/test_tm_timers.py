@@ -671,6 +671,12 @@ async def test_final_retransmitted_after_timer_d_is_acked_not_forwarded(
         await trio.sleep(1)
         assert times(uas, t0, method="ACK") == [0, 8]
         assert times(uac, t0, status=486) == [0]
+        # both ACKs copy the INVITE as the proxy sent it (§17.1.1.3): its top Via (the
+        # proxy's branch, which the callee matches on) and its R-URI, not the caller's
+        acks = [r for r in uas.requests() if r.method == "ACK"]
+        sent_branch = inv.msg.via1.branch if inv.msg.via1 else None
+        assert [a.via1.branch if a.via1 else None for a in acks] == [sent_branch] * 2
+        assert {a.ruri_text for a in acks} == {inv.msg.ruri_text}
         nursery.cancel_scope.cancel()
 
 
