@@ -196,3 +196,133 @@ async def test_socket_closed_when_serve_ends() -> None:
 def test_bad_local_address_is_an_early_error() -> None:
     with pytest.raises(ValueError):
         UdpTransport(Address("not-an-ip", 0), Inbox().handler, LoopbackGuard(True))
+
+
+async def test_handler_that_waits_hands_the_socket_over_and_back(nursery: trio.Nursery) -> None:
+    # The handler runs in the receiving task until it waits; then the standby task
+    # reads (and drops, counted) while it waits. Two such episodes in a row check
+    # that the roles swap back: the datagrams after each are all handled, in order.
+    with trio.fail_after(5):
+        gates: dict[bytes, trio.Event] = {b"w1": trio.Event(), b"w2": trio.Event()}
+        entered: dict[bytes, trio.Event] = {b"w1": trio.Event(), b"w2": trio.Event()}
+        handled: list[bytes] = []
+
+        async def handler(
+            data: bytes, source: Address, transport: Transport, conn_id: int | None
+        ) -> None:
+            if data in gates:
+                entered[data].set()
+                await gates[data].wait()
+            handled.append(data)
+
+        b = UdpTransport(LOCAL, handler, LoopbackGuard(True), queue_size=2)
+        await nursery.start(b.serve)
+        a = await start_udp(nursery, Inbox())
+        sent = 0
+        for episode in (b"w1", b"w2"):
+            assert await a.send(episode, b.local)
+            await entered[episode].wait()
+            for i in range(5):
+                assert await a.send(episode + b"-%d" % i, b.local)
+            sent += 6
+            await wait_until(lambda n=sent: b.statistics().received == n)
+            gates[episode].set()
+            await wait_until(lambda e=episode: handled[-1:] == [e + b"-1"])
+            # not waiting any more: handled in place, one at a time, in order
+            for i in range(3):
+                assert await a.send(b"x%d" % i, b.local)
+            sent += 3
+            await wait_until(lambda: handled[-1:] == [b"x2"])
+        assert handled == [b"w1", b"w1-0", b"w1-1", b"x0", b"x1", b"x2",
+                           b"w2", b"w2-0", b"w2-1", b"x0", b"x1", b"x2"]
+        stats = b.statistics()
+        assert (stats.received, stats.dropped_queue_full, stats.handler_errors) == (18, 6, 0)
+
+
+async def test_handler_error_after_a_wait_is_counted(nursery: trio.Nursery) -> None:
+    with trio.fail_after(5):
+        gate = trio.Event()
+        entered = trio.Event()
+        b_in = Inbox()
+
+        async def handler(
+            data: bytes, source: Address, transport: Transport, conn_id: int | None
+        ) -> None:
+            if data == b"wait":
+                entered.set()
+                await gate.wait()
+                raise RuntimeError("failed after waiting")
+            if data == b"boom":
+                raise RuntimeError("failed in the queue")
+            await b_in.handler(data, source, transport, conn_id)
+
+        b = UdpTransport(LOCAL, handler, LoopbackGuard(True))
+        await nursery.start(b.serve)
+        a = await start_udp(nursery, Inbox())
+        assert await a.send(b"wait", b.local)
+        await entered.wait()
+        assert await a.send(b"boom", b.local)
+        assert await a.send(b"after", b.local)
+        await wait_until(lambda: b.statistics().received == 3)
+        gate.set()
+        assert (await b_in.get()).data == b"after"
+        assert b.statistics().handler_errors == 2
+
+
+async def test_shutdown_while_a_handler_waits_closes_the_socket() -> None:
+    with trio.fail_after(5):
+        entered = trio.Event()
+        cancelled: list[bool] = []
+
+        async def stuck(
+            data: bytes, source: Address, transport: Transport, conn_id: int | None
+        ) -> None:
+            entered.set()
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                cancelled.append(True)
+                raise
+
+        async with trio.open_nursery() as nursery:
+            b = UdpTransport(LOCAL, stuck, LoopbackGuard(True))
+            await nursery.start(b.serve)
+            a = await start_udp(nursery, Inbox())
+            assert await a.send(b"x", b.local)
+            await entered.wait()
+            nursery.cancel_scope.cancel()
+        assert cancelled == [True]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", b.local.port))  # free again: the socket was closed
+
+
+async def test_send_in_a_cancelled_scope_raises_and_sends_nothing(nursery: trio.Nursery) -> None:
+    with trio.fail_after(5):
+        b_in = Inbox()
+        b = await start_udp(nursery, b_in)
+        a = await start_udp(nursery, Inbox())
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await a.send(b"never", b.local)
+            raise AssertionError("send did not raise Cancelled")  # pragma: no cover
+        assert scope.cancelled_caught
+        assert await a.send(b"sent", b.local)
+        assert (await b_in.get()).data == b"sent"
+        assert a.statistics().sent == 1
+
+
+async def test_send_nowait_sends_from_synchronous_code(nursery: trio.Nursery) -> None:
+    with trio.fail_after(5):
+        b_in = Inbox()
+        b = await start_udp(nursery, b_in)
+        a = await start_udp(nursery, Inbox())
+        assert a.send_nowait(b"now", b.local)
+        got = await b_in.get()
+        assert (got.data, got.source) == (b"now", a.local)
+        assert not a.send_nowait(b"x", Address("192.0.2.1", 5060))  # the guard refuses
+        assert not a.send_nowait(b"x", Address("::1", b.local.port))  # wrong family: OSError
+        stats = a.statistics()
+        assert (stats.sent, stats.refused_by_guard, stats.send_errors) == (1, 1, 1)
+        unstarted = UdpTransport(LOCAL, Inbox().handler, LoopbackGuard(True))
+        assert not unstarted.send_nowait(b"x", b.local)
+        assert unstarted.statistics().send_errors == 1

@@ -31,14 +31,28 @@ logger = logging.getLogger("trio_sip.transport")
 _MAX_REMEMBERED = 4096
 
 
+#: host -> verdict: every send asks about the same few hosts, and the ipaddress
+#: checks cost microseconds; bounded like parse_ip's memo (cleared when full)
+_verdicts: dict[str, bool] = {}
+
+
 def is_loopback_host(host: str) -> bool:
     """True for an IP literal in 127.0.0.0/8, ::1, or ::ffff:127.0.0.0/104."""
+    try:
+        return _verdicts[host]
+    except KeyError:
+        pass
     ip = parse_ip(host)
     if ip is None:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
+        verdict = False
+    elif isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        verdict = ip.ipv4_mapped.is_loopback
+    else:
+        verdict = ip.is_loopback
+    if len(_verdicts) >= _MAX_REMEMBERED:
+        _verdicts.clear()
+    _verdicts[host] = verdict
+    return verdict
 
 
 class LoopbackGuard:
