@@ -26,19 +26,19 @@ What the RFC leaves to the TU, and the runtime must therefore do:
 
 from __future__ import annotations
 
-from enum import Enum, auto
+from enum import auto
 from typing import Final
 
 from ..sip.errors import BadMessage
 from ..sip.message import SipRequest, SipResponse
 from ..sip.parser import parse_message_untrusted
-from ._machine import TransactionMachine
+from ._machine import FastEnum, TransactionMachine
 from .actions import Action, PassUp, TimedOut, TransportFailed
 from .builders import build_ack, build_cancel
 from .timers import TimerConfig
 
 
-class ICTState(Enum):
+class ICTState(FastEnum):
     #: created, nothing sent yet (the arrow into Calling in the figure)
     IDLE = auto()
     CALLING = auto()
@@ -49,7 +49,7 @@ class ICTState(Enum):
     TERMINATED = auto()
 
 
-class ICTInput(Enum):
+class ICTInput(FastEnum):
     START = auto()
     RECV_1XX = auto()
     RECV_2XX = auto()

@@ -29,16 +29,16 @@ send after a non-2xx final (a proxy forwards it statelessly, §16.7 step 10).
 
 from __future__ import annotations
 
-from enum import Enum, auto
+from enum import auto
 from typing import Final
 
 from ..sip.message import SipRequest
-from ._machine import TransactionMachine
+from ._machine import FastEnum, TransactionMachine
 from .actions import Action, PassUp, TimedOut, TransportFailed
 from .timers import TimerConfig
 
 
-class ISTState(Enum):
+class ISTState(FastEnum):
     PROCEEDING = auto()
     #: a 2xx was sent (RFC 6026 §7.1)
     ACCEPTED = auto()
@@ -47,7 +47,7 @@ class ISTState(Enum):
     TERMINATED = auto()
 
 
-class ISTInput(Enum):
+class ISTInput(FastEnum):
     SEND_1XX = auto()
     SEND_2XX = auto()
     SEND_300_699 = auto()

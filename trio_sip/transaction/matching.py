@@ -161,9 +161,12 @@ def cancel_target_key(cancel: SipRequest) -> AnyServerKey:
 
 
 def _key(req: SipRequest, method: str) -> AnyServerKey:
-    via = _top_via(req)
+    # asked several times per message: _top_via and is_rfc3261_branch inlined
+    via = req.via1
+    if via is None:  # the parser refuses a message without Via
+        raise ValueError("message without a parsed top Via")
     branch = via.branch
-    if branch is not None and is_rfc3261_branch(branch):
+    if branch is not None and branch.startswith(MAGIC_COOKIE):
         return ServerKey(branch, via.host.lower(), via.port, method)
     return LegacyServerKey(
         request_uri=_received_ruri(req),

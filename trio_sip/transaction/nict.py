@@ -23,16 +23,16 @@ non-2xx belongs to the INVITE's).
 
 from __future__ import annotations
 
-from enum import Enum, auto
+from enum import auto
 from typing import Final
 
 from ..sip.message import SipRequest, SipResponse
-from ._machine import TransactionMachine
+from ._machine import FastEnum, TransactionMachine
 from .actions import Action, PassUp, TimedOut, TransportFailed
 from .timers import TimerConfig
 
 
-class NICTState(Enum):
+class NICTState(FastEnum):
     #: created, nothing sent yet (the arrow into Trying in the figure)
     IDLE = auto()
     TRYING = auto()
@@ -41,7 +41,7 @@ class NICTState(Enum):
     TERMINATED = auto()
 
 
-class NICTInput(Enum):
+class NICTInput(FastEnum):
     START = auto()
     RECV_1XX = auto()
     RECV_200_699 = auto()
@@ -169,8 +169,8 @@ class ClientNonInviteTransaction(TransactionMachine[NICTState, NICTInput]):
 
     def _next_interval(self, interval: float) -> float:
         if self._state is NICTState.PROCEEDING:
-            return self.timers.t2
-        return min(2 * interval, self.timers.t2)
+            return self._timers.t2
+        return min(2 * interval, self._timers.t2)
 
     def _on_timer(self, timer: str, now: float) -> list[Action]:
         new = self._lookup(self._timer_input(timer))

@@ -18,23 +18,23 @@ t_reply after a final reply the same way).
 
 from __future__ import annotations
 
-from enum import Enum, auto
+from enum import auto
 from typing import Final
 
 from ..sip.message import SipRequest
-from ._machine import TransactionMachine
+from ._machine import FastEnum, TransactionMachine
 from .actions import Action, TransportFailed
 from .timers import TimerConfig
 
 
-class NISTState(Enum):
+class NISTState(FastEnum):
     TRYING = auto()
     PROCEEDING = auto()
     COMPLETED = auto()
     TERMINATED = auto()
 
 
-class NISTInput(Enum):
+class NISTInput(FastEnum):
     SEND_1XX = auto()
     SEND_200_699 = auto()
     RECV_REQUEST = auto()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -129,9 +130,17 @@ class TimerConfig:
         retransmissions, and a reliable transport has none (§17.1.1.2, §17.1.2.2,
         §17.2.1, §17.2.2).
         """
-        if timer not in TIMEOUT_TIMERS:
+        getter = _GETTERS.get(timer)
+        if getter is None:
             raise ValueError(f"{timer!r} is not a timeout timer (one of {''.join(sorted(TIMEOUT_TIMERS))})")
-        if reliable and timer in "DIJK":
+        if reliable and timer in _ZERO_WHEN_RELIABLE:
             return 0.0
-        value: float = getattr(self, f"timer_{timer.lower()}")
+        value: float = getter(self)
         return value
+
+
+#: timer name -> the property getter of its value (every started timeout asks)
+_GETTERS: Final[dict[str, Callable[[TimerConfig], float]]] = {
+    name: getattr(TimerConfig, f"timer_{name.lower()}").fget for name in TIMEOUT_TIMERS
+}
+_ZERO_WHEN_RELIABLE: Final = frozenset("DIJK")
