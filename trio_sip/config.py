@@ -461,6 +461,9 @@ class CoreConfig(_Section):
     workers: int = field(default=1, metadata=_checks(_between(1, 64)))
     #: first of the workers' own UDP ports (Via); 0: ports the OS picks
     worker_port_base: int = field(default=0, metadata=_checks(_between(0, 65535)))
+    #: allocations between two young collections of Python's cyclic GC in a server
+    #: process (``gc.set_threshold``; Python's own is 700; 0 keeps it). docs/performance.md
+    gc_threshold: int = field(default=50000, metadata=_checks(_between(0, 10_000_000)))
 
     def _check_together(self) -> None:
         if self.worker_port_base:

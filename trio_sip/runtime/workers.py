@@ -620,11 +620,12 @@ def worker_main() -> int:
 
 
 async def _serve_worker(config: Config, sockets: WorkerSockets, report: Any) -> None:
-    from .server import serve
+    from .server import serve, tune_gc
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(partial(serve, config, worker=sockets))
+            tune_gc(config.core.gc_threshold)
             nursery.start_soon(_watch_supervisor, nursery.cancel_scope)
             listen = [f"{t.proto}:{t.local}" for t in server.transports
                       if getattr(t, "listener", None) is None]
