@@ -151,6 +151,8 @@ def parse_params_untrusted(
     params: list[tuple[str, str | None]] = []
     match = _PARAM_RE.match
     while True:
+        if i >= end:  # what the failed match below would return, without trying it
+            return params, i
         m = match(text, i, end)
         if m is None:
             # not a well-formed ";param": find out why, for the error message
@@ -169,10 +171,11 @@ def parse_params_untrusted(
                         _end_of_quoted(text, j, end)  # raises for an unterminated quote
                     raise BadMessage(f"empty value for header parameter {text[k:j].strip()!r}")
             return params, k
-        params.append((m.group(1), m.group(2)))
+        name, value = m.group(1, 2)
+        params.append((name, value))
+        i = m.end()
         if spans is not None:
-            spans.append((m.start(0) + m.group(0).index(";"), m.end(0)))
-        i = m.end(0)
+            spans.append((text.index(";", m.start()), i))
 
 
 # One ";name[=value]" with LWS allowed around ";" and "=" (SEMI, EQUAL); the value is a
@@ -201,7 +204,8 @@ def param_get(params: list[tuple[str, str | None]], name: str) -> str | None:
     """Value of a header parameter by case-insensitive name; ``""`` for a flag, None if absent."""
     lname = name.lower()
     for k, v in params:
-        if k.lower() == lname:
+        # names are nearly always written in lower case: skip lower() for those
+        if k == lname or k.lower() == lname:
             return "" if v is None else v
     return None
 
@@ -230,6 +234,12 @@ class NameAddr:
     def param(self, name: str) -> str | None:
         return param_get(self.params, name)
 
+    def copy(self) -> NameAddr:
+        """A private copy (its own URI and parameter list)."""
+        uri = self.uri
+        return NameAddr(None if uri is None else uri.copy(), self.display, list(self.params),
+                        self.angle, self.wildcard)
+
     @property
     def tag(self) -> str | None:
         return param_get(self.params, "tag")
@@ -257,8 +267,36 @@ class NameAddr:
         return "".join(parts)
 
 
+# Parsed name-addrs by their text, as for URIs (uri.py): From and To are the same in
+# every message of a dialog and Route/Contact repeat too, so a hit is a dict lookup and
+# a copy (NameAddr and its URI are mutable: every caller gets its own). Only successes
+# are kept; short texts only; emptied when full.
+_NA_CACHE: Final[dict[str, NameAddr]] = {}
+_NA_CACHE_MAX: Final = 2048
+_NA_CACHE_TEXT_MAX: Final = 512
+
+
 def parse_name_addr_untrusted(text: str, start: int = 0, end: int | None = None) -> NameAddr:
     """Parse one name-addr or addr-spec with its header parameters."""
+    return shared_name_addr_untrusted(text, start, end).copy()
+
+
+def shared_name_addr_untrusted(text: str, start: int = 0, end: int | None = None) -> NameAddr:
+    """As :func:`parse_name_addr_untrusted`, but the result is the cached parse itself,
+    shared with every later parse of the same text: read it, never change it (``copy()``
+    gives a private one). The parser keeps From/To this way until someone asks."""
+    key = text if start == 0 and end is None else text[start:end]
+    proto = _NA_CACHE.get(key)
+    if proto is None:
+        proto = _parse_name_addr_uncached(text, start, end)
+        if len(key) <= _NA_CACHE_TEXT_MAX:
+            if len(_NA_CACHE) >= _NA_CACHE_MAX:
+                _NA_CACHE.clear()
+            _NA_CACHE[key] = proto
+    return proto
+
+
+def _parse_name_addr_uncached(text: str, start: int, end: int | None) -> NameAddr:
     if end is None:
         end = len(text)
     i = _skip_ws(text, start, end)
@@ -397,7 +435,35 @@ _VIA_HEAD_RE: Final = re.compile(
 )
 
 
+# sent-protocol LWS sent-by as written up to the first ";" -> (transport, host, port), for
+# heads already parsed whole up to that ";": one peer sends the same head every time.
+# Bounded like the other caches (emptied when full).
+_VIA_HEADS: Final[dict[str, tuple[str, str, int | None]]] = {}
+_VIA_HEADS_MAX: Final = 1024
+
+
 def _parse_via_untrusted(text: str, s: int, e: int) -> Via:
+    j = text.find(";", s, e)
+    head = _VIA_HEADS.get(text[s:j]) if j > s else None
+    if head is not None:
+        # _VIA_HEAD_RE stops at a ";" and looks no further, so the result is the same
+        transport, host, port = head
+    else:
+        transport, host, port, j = _parse_via_head_untrusted(text, s, e)
+    spans: list[tuple[int, int]] = []
+    params, k = parse_params_untrusted(text, j, e, spans)
+    end = _skip_ws(text, k, e)
+    if end != e:
+        raise BadMessage(f"junk in Via: {text[k:e][:60]!r}")
+    # params_end: the offset just after the last non-blank character of this via-parm
+    pe = e
+    while pe > s and text[pe - 1] in _WS:
+        pe -= 1
+    return Via("SIP/2.0", transport, host, port, params, s, e, pe, spans)
+
+
+def _parse_via_head_untrusted(text: str, s: int, e: int) -> tuple[str, str, int | None, int]:
+    """sent-protocol and sent-by: (transport upper-cased, host, port, end offset)."""
     m = _VIA_HEAD_RE.match(text, s, e)
     if m is None:
         if _skip_ws(text, s, e) == e:
@@ -410,24 +476,35 @@ def _parse_via_untrusted(text: str, s: int, e: int) -> Via:
         raise BadMessage(f"Via names SIP version {version!r}", status=505)
     i, j = m.span(4)
     host, port = parse_hostport_untrusted(text[i:j])
-    spans: list[tuple[int, int]] = []
-    params, k = parse_params_untrusted(text, j, e, spans)
-    end = _skip_ws(text, k, e)
-    if end != e:
-        raise BadMessage(f"junk in Via: {text[k:e][:60]!r}")
-    # params_end: the offset just after the last non-blank character of this via-parm
-    pe = e
-    while pe > s and text[pe - 1] in _WS:
-        pe -= 1
-    return Via("SIP/2.0", transport.upper(), host, port, params, start=s, end=e, params_end=pe,
-               param_spans=spans)
+    transport = transport.upper()
+    if j < e and text[j] == ";" and j - s <= 256:
+        if len(_VIA_HEADS) >= _VIA_HEADS_MAX:
+            _VIA_HEADS.clear()
+        _VIA_HEADS[text[s:j]] = (transport, host, port)
+    return transport, host, port, j
 
 
 # ---------------------------------------------------------------------------
 # CSeq, Max-Forwards, Content-Length, Expires
 # ---------------------------------------------------------------------------
 
+# CSeq values seen (" 1 INVITE" recurs in every call) -> the parse; bounded, emptied when full.
+_CSEQS: Final[dict[str, tuple[int, str]]] = {}
+
+
 def parse_cseq_untrusted(value: str) -> tuple[int, str]:
+    known = _CSEQS.get(value)
+    if known is not None:
+        return known
+    parsed = _parse_cseq_uncached(value)
+    if len(value) <= 64:
+        if len(_CSEQS) >= 1024:
+            _CSEQS.clear()
+        _CSEQS[value] = parsed
+    return parsed
+
+
+def _parse_cseq_uncached(value: str) -> tuple[int, str]:
     # only SP/HT separate (str.split() would also split at \x1c-\x1f, \x85, \xa0)
     parts = [p for p in value.replace("\t", " ").split(" ") if p]
     if len(parts) != 2:

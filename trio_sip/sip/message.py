@@ -84,8 +84,11 @@ class SipMessage:
     __slots__ = (
         "_cseq",
         "_edits",
+        "_first",
         "_from",
+        "_from_shared",
         "_to",
+        "_to_shared",
         "_vias",
         "body",
         "body_start",
@@ -120,9 +123,15 @@ class SipMessage:
         self.body_start = body_start
         self.body = body
         self._edits: list[tuple[int, int, bytes, int]] = []
+        #: the first header of each key (filled by the parser; headers never change)
+        self._first: dict[str, Header] = {}
         self._vias: list[Via] | None = None
         self._from: NameAddr | None = None
         self._to: NameAddr | None = None
+        # From/To as parsed by the parser: the shared cached parse (read-only), copied into
+        # _from/_to only when someone asks for the object itself (most only want the tag)
+        self._from_shared: NameAddr | None = None
+        self._to_shared: NameAddr | None = None
         # Filled by the parser (the fields every message needs for matching).
         self.via1: Via | None = None
         self.call_id = ""
@@ -133,11 +142,8 @@ class SipMessage:
 
     def get(self, name: str) -> str | None:
         """The first header of that name (compact forms match), value trimmed; or None."""
-        key = header_key(name)
-        for h in self.headers:
-            if h.key == key:
-                return h.text
-        return None
+        h = self._first.get(header_key(name))
+        return None if h is None else h.text
 
     def get_all(self, name: str) -> list[str]:
         key = header_key(name)
@@ -145,13 +151,14 @@ class SipMessage:
 
     def find(self, name: str) -> Iterator[tuple[int, Header]]:
         key = header_key(name)
+        if key not in self._first:
+            return
         for i, h in enumerate(self.headers):
             if h.key == key:
                 yield i, h
 
     def has(self, name: str) -> bool:
-        key = header_key(name)
-        return any(h.key == key for h in self.headers)
+        return header_key(name) in self._first
 
     @property
     def vias(self) -> list[Via]:
@@ -167,28 +174,32 @@ class SipMessage:
     @property
     def from_(self) -> NameAddr:
         if self._from is None:
-            self._from = parse_name_addr_untrusted(self._single("from"))
+            shared = self._from_shared
+            self._from = (shared.copy() if shared is not None
+                          else parse_name_addr_untrusted(self._single("from")))
         return self._from
 
     @property
     def to(self) -> NameAddr:
         if self._to is None:
-            self._to = parse_name_addr_untrusted(self._single("to"))
+            shared = self._to_shared
+            self._to = (shared.copy() if shared is not None
+                        else parse_name_addr_untrusted(self._single("to")))
         return self._to
 
     @property
     def from_tag(self) -> str:
-        return self.from_.tag or ""
+        na = self._from or self._from_shared or self.from_
+        return na.tag or ""
 
     @property
     def to_tag(self) -> str:
-        return self.to.tag or ""
+        na = self._to or self._to_shared or self.to
+        return na.tag or ""
 
     def _single(self, key: str) -> str:
-        for h in self.headers:
-            if h.key == key:
-                return h.value
-        return ""
+        h = self._first.get(key)
+        return "" if h is None else h.value
 
     def contacts(self) -> list[NameAddr]:
         out: list[NameAddr] = []
@@ -291,18 +302,20 @@ class SipMessage:
         if extra:
             edits = edits + extra
         raw = self.raw
-        if edits:
-            # a later replacement of exactly the same span supersedes the earlier one
-            last: dict[tuple[int, int], int] = {}
-            for k, (s, e, _, _) in enumerate(edits):
-                if e != s:
-                    last[(s, e)] = k
-            edits = [ed for k, ed in enumerate(edits) if ed[0] == ed[1] or last[ed[:2]] == k]
         if not edits:
             if len(raw) == self.body_start + len(self.body):
                 return raw
             return raw[: self.body_start + len(self.body)]
-        edits.sort(key=lambda ed: (ed[0], ed[1] != ed[0], ed[3]))
+        if len(edits) > 1:
+            # a later replacement of exactly the same span supersedes the earlier one
+            replaced = [ed[:2] for ed in edits if ed[0] != ed[1]]
+            if len(replaced) > 1 and len(set(replaced)) != len(replaced):
+                last: dict[tuple[int, int], int] = {}
+                for k, (s, e, _, _) in enumerate(edits):
+                    if e != s:
+                        last[(s, e)] = k
+                edits = [ed for k, ed in enumerate(edits) if ed[0] == ed[1] or last[ed[:2]] == k]
+            edits.sort(key=_edit_order)
         out: list[bytes] = []
         pos = 0
         for start, end, data, _ in edits:
@@ -315,10 +328,14 @@ class SipMessage:
         return b"".join(out)
 
 
+def _edit_order(ed: tuple[int, int, bytes, int]) -> tuple[int, bool, int]:
+    """Splice order: by offset, inserts before a replacement there, then by ``order``."""
+    return (ed[0], ed[1] != ed[0], ed[3])
+
+
 class SipRequest(SipMessage):
-    __slots__ = ("_ruri", "dst_uri", "method", "new_uri", "ruri_end", "ruri_start", "ruri_text",
-                 "top_via_edit",
-                 "version")
+    __slots__ = ("_ruri", "_ruri_shared", "dst_uri", "method", "new_uri", "ruri_end",
+                 "ruri_start", "ruri_text", "top_via_edit", "version")
 
     is_request = True
 
@@ -332,6 +349,8 @@ class SipRequest(SipMessage):
         self.ruri_end = ruri_start + len(ruri_text)
         self.version = version
         self._ruri: URI | None = None
+        #: the Request-URI as the parser checked it: the shared cached parse (read-only)
+        self._ruri_shared: URI | None = None
         #: the Request-URI as changed by the script ($ru), or None if unchanged
         self.new_uri: str | None = None
         #: the destination URI ($du): where to send, if not to the R-URI
@@ -347,7 +366,9 @@ class SipRequest(SipMessage):
         if self.new_uri is not None:
             return parse_uri_untrusted(self.new_uri)
         if self._ruri is None:
-            self._ruri = parse_uri_untrusted(self.ruri_text)
+            shared = self._ruri_shared
+            self._ruri = (shared.copy() if shared is not None
+                          else parse_uri_untrusted(self.ruri_text))
         return self._ruri
 
     @property

@@ -9,6 +9,15 @@ answering (CONVENTIONS §11): the start line, the header index, the top Via
 header, CSeq, Call-ID, From and To (tags), Content-Length and Max-Forwards.
 Everything else (other Vias, Contact, Route, bodies) is parsed on demand.
 
+Speed (issue 10): the texts that recur from message to message are parsed once and
+cached, bounded in size: header-name spellings (here), URIs (uri.py), name-addrs, the
+sent-protocol/sent-by of a Via and CSeq values (headers.py). A hit gives exactly what the
+parse would give (only successful parses are kept, keyed by the whole text the parse
+looked at); mutable results are handed out as private copies. From, To and the
+Request-URI stay on the message as the shared parse until someone asks for the object
+(``from_``, ``to``, ``ruri`` then copy it). tests/sip/test_parse_caches.py checks that
+the parse with and without caches agree on the torture corpus and its mutations.
+
 A ``BadMessage`` raised after the header section was split carries
 ``exc.is_request`` and the raw header lines in ``exc.headers`` so the caller can still answer a
 request with a 400 built from the raw header lines (RFC 4475 expects a 400 for
@@ -27,12 +36,12 @@ from .headers import (
     header_key,
     is_token,
     parse_cseq_untrusted,
-    parse_name_addr_untrusted,
     parse_uint_untrusted,
     parse_via_list_untrusted,
+    shared_name_addr_untrusted,
 )
 from .message import Header, SipMessage, SipRequest, SipResponse
-from .uri import parse_uri_untrusted
+from .uri import shared_uri_untrusted
 
 _WS: Final = " \t"
 _FOLD: Final = (" ", "\t")  # a line starting with one of these continues the previous one
@@ -114,6 +123,60 @@ def parse_message_untrusted(
 
 
 def _split_headers_untrusted(text: str, pos: int) -> list[Header]:
+    if "\r\n " in text or "\r\n\t" in text:
+        return _split_folded_headers_untrusted(text, pos)
+    # Fast path: no line starts with SP/HT, so no header is folded (nearly every message).
+    # The start line cannot hold a CRLF, so the test above looks at the header lines only.
+    headers: list[Header] = []
+    append = headers.append
+    names_get = _NAMES.get
+    cur = pos
+    for line in text[pos:].split("\r\n"):
+        # The name ends at the first colon (token and LWS hold none), so the text before
+        # it is all that _HEADER_NAME_RE looks at: known spellings skip the regex.
+        colon = line.find(":")
+        nk = names_get(line[:colon]) if colon > 0 else None
+        if nk is None:
+            nk = _header_name_untrusted(line)
+        end = cur + len(line) + 2
+        append(Header(nk[0], nk[1], line[colon + 1 :], cur, end, cur + colon + 1))
+        cur = end
+    return headers
+
+
+# What comes before the colon of a header line ("Via", "To ", "l") -> (name, key), for
+# the spellings already seen and found valid. Bounded like header_key's cache.
+_NAMES: Final[dict[str, tuple[str, str]]] = {}
+
+
+def clear_parse_caches() -> None:
+    """Empty every cache of parse results (header names, URIs, name-addrs, Via heads,
+    CSeq values). Nothing needs this for correctness; tests use it to compare a parse
+    with cold caches against one with warm caches."""
+    from . import headers, uri
+
+    _NAMES.clear()
+    headers._NA_CACHE.clear()
+    headers._VIA_HEADS.clear()
+    headers._CSEQS.clear()
+    uri._URI_CACHE.clear()
+
+
+def _header_name_untrusted(line: str) -> tuple[str, str]:
+    m = _HEADER_NAME_RE.match(line)
+    if m is None:
+        colon = line.find(":")
+        if colon < 0:
+            raise BadMessage(f"header line without a colon: {line[:60]!r}")
+        raise BadMessage(f"bad header name: {line[:colon].rstrip(_WS)[:60]!r}")
+    name = m.group(1)
+    nk = (name, header_key(name))
+    if len(_NAMES) < 1024:
+        _NAMES[line[: m.end() - 1]] = nk
+    return nk
+
+
+def _split_folded_headers_untrusted(text: str, pos: int) -> list[Header]:
     headers: list[Header] = []
     append = headers.append
     name_match = _HEADER_NAME_RE.match
@@ -185,21 +248,23 @@ def _parse_request_line_untrusted(line: str) -> tuple[str, str, str, int]:
 
 
 def _fill_and_check(msg: SipMessage, data: bytes, body_start: int, stream: bool) -> None:
-    counts: dict[str, int] = {}
+    # The first header of every name (kept on the message: get()/has() look there).
     first: dict[str, Header] = {}
+    repeated: set[str] | None = None
     for h in msg.headers:
         k = h.key
-        if k in SINGLE_HEADERS:
-            if k in counts:
-                counts[k] += 1
-            else:
-                counts[k] = 1
-                first[k] = h
-        elif (k == "via" or k == "date") and k not in first:
+        if k not in first:
             first[k] = h
-    for k, c in counts.items():
-        if c > 1:
-            raise BadMessage(f"more than one {k} header")
+        elif k in SINGLE_HEADERS:
+            if repeated is None:
+                repeated = set()
+            repeated.add(k)
+    if repeated is not None:
+        # report the first one in message order, as a count per name would
+        for k in first:
+            if k in repeated:
+                raise BadMessage(f"more than one {k} header")
+    msg._first = first
 
     # Via: the first Via header line is parsed whole (it holds the top via-parm).
     via_h = first.get("via")
@@ -225,8 +290,8 @@ def _fill_and_check(msg: SipMessage, data: bytes, body_start: int, stream: bool)
     to_h = first.get("to")
     if from_h is None or to_h is None:
         raise BadMessage("missing From or To header")
-    msg._from = parse_name_addr_untrusted(from_h.value)
-    msg._to = parse_name_addr_untrusted(to_h.value)
+    msg._from_shared = shared_name_addr_untrusted(from_h.value)
+    msg._to_shared = shared_name_addr_untrusted(to_h.value)
 
     date_h = first.get("date")
     if date_h is not None and not _DATE_RE.match(date_h.text):
@@ -256,8 +321,8 @@ def _fill_and_check(msg: SipMessage, data: bytes, body_start: int, stream: bool)
     if isinstance(msg, SipRequest):
         if msg.cseq_method != msg.method:
             raise BadMessage(f"CSeq method {msg.cseq_method!r} does not match {msg.method!r}")
-        uri = parse_uri_untrusted(msg.ruri_text)
+        uri = shared_uri_untrusted(msg.ruri_text)
         if uri.is_sip and uri.headers is not None:
             # RFC 3261 §19.1.5: headers are not allowed in a Request-URI.
             raise BadMessage("Request-URI with headers")
-        msg._ruri = uri
+        msg._ruri_shared = uri

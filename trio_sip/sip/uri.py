@@ -92,17 +92,18 @@ class URI:
         return self.scheme in ("sip", "sips")
 
     def copy(self) -> URI:
-        return URI(
-            self.scheme,
-            user=self.user,
-            password=self.password,
-            host=self.host,
-            port=self.port,
-            params=list(self.params),
-            headers=self.headers,
-            opaque=self.opaque,
-            text=self._text,
-        )
+        # slot by slot rather than through __init__: this runs for every cached parse
+        u = object.__new__(URI)
+        u.scheme = self.scheme
+        u.user = self.user
+        u.password = self.password
+        u.host = self.host
+        u.port = self.port
+        u.params = list(self.params)
+        u.headers = self.headers
+        u.opaque = self.opaque
+        u._text = self._text
+        return u
 
     def changed(self) -> None:
         """Forget the original text: call after mutating a component."""
@@ -114,7 +115,7 @@ class URI:
         """Value of a parameter (names compare case-insensitively); ``""`` for a flag."""
         lname = name.lower()
         for k, v in self.params:
-            if k.lower() == lname:
+            if k == lname or k.lower() == lname:  # lower() only for unusual spellings
                 return "" if v is None else v
         return default
 
@@ -230,12 +231,41 @@ def _header_set(headers: str | None) -> list[tuple[str, str]]:
     return sorted(out)
 
 
+# Parsed URIs by their text. The same few URIs arrive again and again (the From, To,
+# Contact and Route URIs of every message of a dialog, and of call after call), so a
+# hit costs a dict lookup and a copy instead of a parse. Only successful parses are
+# kept, as private prototypes: every caller gets its own copy, because URIs are mutable
+# ($ru, $rU, set_param). Bounded: short texts only, and the cache is emptied when full,
+# so input that never repeats costs at most _URI_CACHE_MAX small entries.
+_URI_CACHE: Final[dict[str, URI]] = {}
+_URI_CACHE_MAX: Final = 2048
+_URI_CACHE_TEXT_MAX: Final = 256
+
+
 def parse_uri_untrusted(text: str) -> URI:
     """Parse a URI as found in a Request-Line or inside ``<...>``.
 
     Raises :class:`BadMessage` (400) on anything RFC 3261 does not allow for
     sip/sips; tel and other schemes are checked only for a valid scheme.
     """
+    return shared_uri_untrusted(text).copy()
+
+
+def shared_uri_untrusted(text: str) -> URI:
+    """As :func:`parse_uri_untrusted`, but the result is the cached parse itself, shared
+    with every later parse of the same text: read it, never change it (``copy()`` gives
+    a private one)."""
+    proto = _URI_CACHE.get(text)
+    if proto is None:
+        proto = _parse_uri_uncached(text)
+        if len(text) <= _URI_CACHE_TEXT_MAX:
+            if len(_URI_CACHE) >= _URI_CACHE_MAX:
+                _URI_CACHE.clear()
+            _URI_CACHE[text] = proto
+    return proto
+
+
+def _parse_uri_uncached(text: str) -> URI:
     colon = text.find(":")
     if colon <= 0:
         raise BadMessage(f"URI without a scheme: {text[:60]!r}")
