@@ -680,6 +680,37 @@ async def test_final_retransmitted_after_timer_d_is_acked_not_forwarded(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_final_after_the_ended_branch_record_expired_is_not_forwarded(
+        autojump_clock, write_routes) -> None:
+    """The record of an ended INVITE branch lives 64*T1 (32 s). A callee that sends a
+    final later still (after a long partition) answers a branch of ours whose
+    transaction sent its final long ago: it is absorbed, not forwarded statelessly (the
+    caller got a 486 long after its transaction had ended: chaos seed 1133). A 2xx would
+    still be forwarded (§16.7 step 5)."""
+    async with SimNetwork(seed=23) as net, trio.open_nursery() as nursery:
+        server = await start_server(nursery, net, routes=write_routes(relay_routes()))
+        uac, uas = SimUA(net, UAC), SimUA(net, UAS)
+        call = Caller(uac)
+        t0 = trio.current_time()
+        await call.send()
+        inv = await uas.expect_request("INVITE")
+        assert isinstance(inv.msg, SipRequest)
+        busy = uas.response_to(inv.msg, 486, "Busy")
+        await uas.send(busy, inv.source)
+        final = await uac.expect_response(486)
+        await call.ack(final)
+        # the branch ended at 5 s (Timer D = wt), its record at 5 + 32 s
+        await trio.sleep_until(t0 + 60)
+        await uas.send(busy, inv.source)
+        await uas.send(uas.response_to(inv.msg, 180, "Ringing"), inv.source)
+        await trio.sleep(1)
+        assert times(uac, t0, status=486) == [0]
+        assert times(uac, t0, status=180) == []
+        assert times(uas, t0, method="ACK") == [0]  # no record left to build an ACK from
+        assert server.core.tm.stats["rpl_absorbed"] >= 2
+        nursery.cancel_scope.cancel()
+
+
 async def test_late_180_on_a_branch_that_gave_up_is_cancelled(
         autojump_clock, write_routes) -> None:
     """fr fired on a silent branch (local 408). A 180 that comes later, while the

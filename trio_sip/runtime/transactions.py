@@ -866,6 +866,8 @@ class TransactionLayer:
         self.in_progress: Counter[AnyServerKey] = Counter()
         self._branch_ids = itertools.count(1)
         self._secret = os.urandom(4).hex()
+        #: the start of the branch of every request this layer sends (this process only)
+        self._branch_prefix = f"z9hG4bK{self._secret}."
         #: $T(id_label) of new transactions: unpredictable enough for a label (Kamailio's
         #: is a counter), without a getrandom() system call per transaction
         self.labels = random.Random(os.urandom(16))
@@ -997,8 +999,17 @@ class TransactionLayer:
         now = trio.current_time()
         self._prune_ended(now)
         ended = self._ended.get(key)
-        if ended is None or ended.until <= now or 200 <= resp.status < 300:
-            return False  # not ours (any more), or a 2xx: the core forwards it statelessly
+        if 200 <= resp.status < 300:
+            return False  # a 2xx: the core forwards it statelessly (§16.7 step 5)
+        if ended is None or ended.until <= now:
+            if not key.branch.startswith(self._branch_prefix):
+                return False  # not a branch of ours: the core forwards it statelessly
+            # A branch of ours, ended so long ago that its record expired (a callee that
+            # answers minutes late, after a partition): its transaction sent its final
+            # long since, so a 1xx or a 300-699 must not go upstream (§16.7 step 10). Sent
+            # on statelessly, the caller got e.g. a 486 after its 200 (chaos seed 1133).
+            self.stats["rpl_absorbed"] += 1
+            return True
         self.stats["rpl_absorbed"] += 1
         # like Timer D, restarted by each final: the callee retransmits for 64*T1
         ended.until = max(ended.until, now + max(64 * ended.t1, 32.0))
@@ -1252,7 +1263,7 @@ class TransactionLayer:
             ctx.last_error = 477
             return None
         host, port = self.core.advertised(transport)
-        branch_id = f"z9hG4bK{self._secret}.{next(self._branch_ids)}"
+        branch_id = f"{self._branch_prefix}{next(self._branch_ids)}"
         first = req.headers[0].start if req.headers else req.headers_end
         extra = [(first, first, (via_line(transport.proto, host, port, branch_id)
                                  + "\r\n").encode("latin-1"), _VIA_SEQ)]
@@ -1281,7 +1292,7 @@ class TransactionLayer:
             t = res.targets[i]
             dest = Address(t.host, t.port)
             host, port = self.core.advertised(transport)
-            branch_id = f"z9hG4bK{self._secret}.{next(self._branch_ids)}"
+            branch_id = f"{self._branch_prefix}{next(self._branch_ids)}"
             lines = via_line(transport.proto, host, port, branch_id) + "\r\n"
             if pend.record_route:
                 lines += record_route_line(transport.proto,
