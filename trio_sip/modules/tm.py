@@ -318,6 +318,14 @@ def reply_code(ctx: MsgContext) -> int:
 # -- timers ----------------------------------------------------------------------------------
 
 
+def _deadlines_moved(ctx: MsgContext) -> None:
+    """A live transaction's deadlines moved (fr, lifetime): its task must wait for the
+    new ones (it may be waiting for the old, from another task)."""
+    tx = _tx(ctx)
+    if tx is not None and getattr(tx, "running", False):
+        tx.wake()
+
+
 def _ms(v: int) -> float | None:
     return None if v <= 0 else v / 1000
 
@@ -331,6 +339,7 @@ def t_set_fr(ctx: MsgContext, fr_inv: int, fr: int = 0) -> int:
         s.fr_inv = fr_inv / 1000
     if fr > 0:
         s.fr = fr / 1000
+    _deadlines_moved(ctx)
     return 1
 
 
@@ -339,6 +348,7 @@ def t_reset_fr(ctx: MsgContext) -> int:
     """Back to the module's fr_timer and fr_inv_timer."""
     s = _settings(ctx)
     s.fr = s.fr_inv = None
+    _deadlines_moved(ctx)
     return 1
 
 
@@ -377,6 +387,7 @@ def t_set_max_lifetime(ctx: MsgContext, inv: int, noninv: int) -> int:
     value = inv if method == "INVITE" else noninv
     if value > 0:
         _settings(ctx).max_lifetime = value / 1000
+    _deadlines_moved(ctx)
     return 1
 
 
@@ -384,6 +395,7 @@ def t_set_max_lifetime(ctx: MsgContext, inv: int, noninv: int) -> int:
 def t_reset_max_lifetime(ctx: MsgContext) -> int:
     """Back to the module's max lifetimes."""
     _settings(ctx).max_lifetime = None
+    _deadlines_moved(ctx)
     return 1
 
 

@@ -138,7 +138,9 @@ class Branch:
         #: responses, when the branch runs as its own task (``run``); a branch of a server
         #: transaction is driven by that transaction's task and has none
         self._mailbox: Mailbox[SipResponse] | None = None
-        self._driven: bool = getattr(tx, "drives_branches", False)
+        # a send on a reliable transport may wait (a TCP connect): such a branch runs in
+        # a task of its own, so that it never holds up its transaction's other work
+        self._driven: bool = getattr(tx, "drives_branches", False) and not transport.reliable
         #: highest status received (0: none), and the final response once there is one
         self.last_status = 0
         self.final: SipResponse | None = None
@@ -192,6 +194,11 @@ class Branch:
         if self.cancel_requested and isinstance(self.machine, ClientInviteTransaction):
             return not self.machine.cancel_allowed  # a CANCEL is about to go out
         return True
+
+    @property
+    def driven(self) -> bool:
+        """Driven by its server transaction's task (else by ``run``, a task of its own)."""
+        return self._driven
 
     def deliver(self, resp: SipResponse) -> bool:
         """Called by the dispatcher (any task): queue a matched response for whichever
@@ -251,6 +258,14 @@ class Branch:
                     await self.receive(resp, now)
                 else:
                     await self.timeout(now)
+        except Exception:
+            # a bug in a handler ends this branch (a local 500), not its owner's nursery
+            # (t_replicate and the local UAC run branches in the layer's: the server's)
+            log.exception("branch %d to %s failed", self.index, self.uri)
+            self.tx.layer.stats["tx_errors"] += 1
+            if self.pending:
+                self.local_status = 500
+                self.tx.post(BranchEvent(self, "failed"))
         finally:
             mailbox.close()
             self.end()
@@ -452,7 +467,7 @@ class Branch:
                 if msg.status >= 200:
                     self.fr_deadline = math.inf
                     self.cancel_deadline = math.inf
-                self.tx.post(BranchEvent(self, "reply", msg))
+                self._tell(BranchEvent(self, "reply", msg))
             elif isinstance(a, TimedOut):
                 if self.pending:
                     self.timed_out = True
@@ -476,7 +491,15 @@ class Branch:
         return ok
 
     def _report(self, kind: str) -> None:
-        self.tx.post(BranchEvent(self, kind))
+        self._tell(BranchEvent(self, kind))
+
+    def _tell(self, event: BranchEvent) -> None:
+        """Tell the owner: a driven branch's events are its transaction's own making
+        (``ServerTx.report``: never dropped); others go through the owner's inbox."""
+        if self._driven:
+            self.tx.report(event)
+        else:
+            self.tx.post(event)
 
 
 class _CancelSink:

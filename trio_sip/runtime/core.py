@@ -28,7 +28,8 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
@@ -273,10 +274,14 @@ class ProxyCore:
             engine = ctx.engine
         return engine if isinstance(engine, ScriptEngine) else self.engine
 
-    async def run_route(self, name: str, ctx: MsgContext, route_type: RouteType) -> Step | None:
+    async def run_route(
+        self, name: str, ctx: MsgContext, route_type: RouteType, *,
+        while_waiting: Callable[[], AbstractAsyncContextManager[object]] | None = None,
+    ) -> Step | None:
         """Run an armed route (failure, onreply, branch-failure...) to its end, in the
         engine of its transaction (``engine_for``). Returns None when no such function
-        exists (logged)."""
+        exists (logged). If the route waits, the rest of it runs inside
+        ``while_waiting()`` (a transaction serves its branches meanwhile)."""
         engine = self.engine_for(ctx)
         fn = engine.function(name)
         if fn is None:
@@ -287,7 +292,11 @@ class ProxyCore:
         ctx.route_type = route_type
         try:
             step = engine.start(fn, ctx)
-            await self._finish(ctx, step)
+            if step.yielded and while_waiting is not None:
+                async with while_waiting():
+                    await self._finish(ctx, step)
+            else:
+                await self._finish(ctx, step)
         finally:
             ctx.route_type = saved
         return step

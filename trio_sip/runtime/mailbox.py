@@ -76,6 +76,10 @@ class Mailbox(Generic[T]):
             self._waiter = None
             reschedule(task)
 
+    def get_nowait(self) -> T | None:
+        """The next item if there is one (whatever the deadline), else ``None``."""
+        return self._items.popleft() if self._items else None
+
     async def get(self, deadline: float = math.inf) -> T | None:
         """The next item, or ``None`` at ``deadline`` or after :meth:`wake`."""
         if deadline <= trio.current_time():

@@ -56,8 +56,10 @@ import logging
 import math
 import os
 import random
+import weakref
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -210,6 +212,9 @@ class ServerTx:
         self.waiting_routes = 0
         self._route_scopes: list[trio.CancelScope] = []
         self.inbox: Mailbox[object] = Mailbox(256)
+        #: events of the task's own making, and events put aside while a route waited
+        self._events: deque[object] = deque()
+        self._task: trio.lowlevel.Task | None = None
         # armed routes (function names), Kamailio t_on_*
         self.on_failure: str | None = ctx.armed.pop("failure", None)
         self.on_reply: str | None = ctx.armed.pop("reply", None)
@@ -368,6 +373,10 @@ class ServerTx:
             log.debug("reply %d not sent: %s", code, exc)
             return False
         self._execute(actions)
+        if self._task is not None and trio.lowlevel.current_task() is not self._task:
+            # sent from another task (a route continuation of ours, MI, t_reply_callid):
+            # the machine armed timers (G, H...) ours must now wait for
+            self.wake()
         self.layer.stats["rpl_sent"] += 1
         if code >= 200 and not self.final_status:
             self.final_status = code
@@ -479,45 +488,57 @@ class ServerTx:
     async def run(self) -> None:
         token = current_call_id.set(self.request.call_id)
         self.running = True
+        self._task = trio.lowlevel.current_task()
         try:
             # Most transactions own no task: their branches are driven right here. A
             # nursery is opened the first time there is a task to own (a route
-            # continuation that waits), and the same loop goes on inside it.
+            # continuation that waits, a branch on a reliable transport), and the same
+            # loop goes on inside it.
             if not await self._loop(None):
                 async with trio.open_nursery() as nursery:
                     await self._loop(nursery)
                     nursery.cancel_scope.cancel()  # what it still owns ends with it
         finally:
             self.running = False
+            self._task = None
             for b in self.branches:
                 if b.started:
                     b.end()  # lingering branches end with us
             self.layer.forget(self)
             self.inbox.close()
+            self._events.clear()
             self.finished.set()
             current_call_id.reset(token)
             self._break_cycles()
 
     def _break_cycles(self) -> None:
-        """Drop the references that make the ended transaction a reference cycle (its
-        context points back at it, its branches too), so that reference counting frees
-        it, its request and its branches now. Left to the cyclic GC, ~200 objects a call
-        waited to be found, got promoted to the older generations and made every full
-        collection longer (about 100 ms each with a few thousand calls in the heap).
-        Nothing reads them after the end: the tables forgot the transaction, its tasks
-        were cancelled, and a route continuation never outlives it."""
-        if self.ctx.transaction is self:
-            self.ctx.transaction = None
+        """Drop the references that make the ended transaction a reference cycle, so that
+        reference counting frees it, its request and its branches as soon as nothing
+        else holds its context. Left to the cyclic GC, ~200 objects a call waited to be
+        found, got promoted to the older generations and made every full collection
+        longer (about 100 ms each with a few thousand calls in the heap).
+
+        The context keeps its ``transaction`` (route code still holding the context
+        sees a transaction that is over: t_relay answers -1, testing.Watch sees
+        ``finished``); the transaction keeps its context weakly, and forgets its
+        branches (the tables forgot them, nothing reads them after the end)."""
+        self.ctx = weakref.proxy(self.ctx)
         self.branches = []
         self._finalized = set()
         self._last_final = None
         self._unstarted = []
         self._route_scopes = []
 
+    def _next_event(self) -> object | None:
+        """An event the task itself produced or put aside (its driven branches' reports,
+        events that came while a route of ours waited), oldest first."""
+        return self._events.popleft() if self._events else None
+
     async def _loop(self, nursery: trio.Nursery | None) -> bool:
         """Serve events and deadlines until the transaction is done (True); without a
         nursery, return False as soon as a task is to be started."""
         layer = self.layer
+        timed_out = False
         while True:
             if self._unstarted_tasks:
                 if nursery is None:
@@ -526,30 +547,40 @@ class ServerTx:
                     nursery.start_soon(self._owned, fn, args)
                 self._unstarted_tasks.clear()
             if self._unstarted:
+                if nursery is None and any(not b.driven for b in self._unstarted):
+                    return False
                 starting, self._unstarted = self._unstarted, []
                 for b in starting:
-                    await self._drive(b, b.begin())
-            deadline = min(self.machine.next_deadline(), self._own_deadline())
-            for b in self.branches:
-                if b.started and not b.ended:
-                    # prepare() only when it has something to do (most passes: nothing)
-                    if await self._drive(b, b.prepare()) if b.has_work() \
-                            else not b.machine.terminated:
-                        deadline = min(deadline, b.deadline())
+                    if b.driven:
+                        await self._drive(b, b.begin())
                     else:
-                        b.end()
+                        # on a reliable transport a send may wait (a TCP connect): such a
+                        # branch runs in a task of its own, so it never holds the others up
+                        assert nursery is not None
+                        nursery.start_soon(b.run)
+            # replies to the caller first (a 2xx must not wait behind the CANCELs of the
+            # other branches, §16.7 step 5 before step 10)
+            await layer.core.flush(self.ctx)
+            deadline = min(self.machine.next_deadline(), self._own_deadline(),
+                           await self._prepare_branches())
             await layer.core.flush(self.ctx)
             if self._done():
                 return True
-            event = await self.inbox.get(deadline)
+            event = self._next_event()
+            if event is None:
+                if timed_out and len(self.inbox):
+                    # the last pass served deadlines: take what is queued before the
+                    # next deadline, however overdue, so timers cannot starve the inbox
+                    event = self.inbox.get_nowait()
+                else:
+                    event = await self.inbox.get(deadline)
             now = trio.current_time()
+            timed_out = event is None
             try:
                 if event is not None:
                     await self._handle(event)
                     continue
-                for b in self.branches:
-                    if b.started and not b.ended and now >= b.deadline():
-                        await self._drive(b, b.timeout(now))
+                await self._branch_timeouts(now)
                 if now >= self._own_deadline():
                     await self._expire(now)
                 if now >= self.machine.next_deadline() and not self.machine.terminated:
@@ -562,6 +593,25 @@ class ServerTx:
                 if not self.final_status:
                     self.reply_local(500, "Server Internal Error")
 
+    async def _prepare_branches(self) -> float:
+        """What the driven branches do before a wait (new timers, CANCELs); ends those
+        that are over. Returns the earliest of their deadlines."""
+        deadline = math.inf
+        for b in self.branches:
+            if b.driven and b.started and not b.ended:
+                # prepare() only when it has something to do (most passes: nothing)
+                if await self._drive(b, b.prepare()) if b.has_work() \
+                        else not b.machine.terminated:
+                    deadline = min(deadline, b.deadline())
+                else:
+                    b.end()
+        return deadline
+
+    async def _branch_timeouts(self, now: float) -> None:
+        for b in self.branches:
+            if b.driven and b.started and not b.ended and now >= b.deadline():
+                await self._drive(b, b.timeout(now))
+
     async def _drive(self, b: Branch, step: Awaitable[bool | None]) -> bool:
         """Run one of ``b``'s handlers. A bug in one ends that branch (logged, counted,
         a local 500 for it) instead of the transaction or the server; False then."""
@@ -572,9 +622,57 @@ class ServerTx:
             self.layer.stats["tx_errors"] += 1
             if b.pending:
                 b.local_status = 500
-                self.post(BranchEvent(b, "failed"))
+                self.report(BranchEvent(b, "failed"))
             b.end()
             return False
+
+    def report(self, event: object) -> None:
+        """An event of the task's own making (a driven branch's reply, timeout...): kept
+        in order on an unbounded local queue, never in the bounded inbox, which a flood
+        of responses from outside could fill (the task is the only producer: its own
+        work bounds it)."""
+        self._events.append(event)
+
+    # -- routes run by the task ----------------------------------------------------------
+
+    async def _run_route(self, name: str, ctx: MsgContext, route_type: RouteType) -> Step | None:
+        """Run an armed route (onreply, branch-failure, failure) in this task. While it
+        waits (an async export), the driven branches are served by a task of ours that
+        only does what they need at the machine level (responses, retransmissions, fr,
+        CANCELs); what else comes is put aside for the task, which takes it in order
+        when the route is done: no decision of the transaction changes under the route's
+        feet, and no branch stops while it waits."""
+        return await self.layer.core.run_route(name, ctx, route_type,
+                                               while_waiting=self._serving_branches)
+
+    @asynccontextmanager
+    async def _serving_branches(self) -> AsyncIterator[None]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._serve_branches)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _serve_branches(self) -> None:
+        timed_out = False
+        while True:
+            deadline = await self._prepare_branches()
+            await self.layer.core.flush(self.ctx)
+            if timed_out and len(self.inbox):
+                event = self.inbox.get_nowait()
+            else:
+                event = await self.inbox.get(deadline)
+            now = trio.current_time()
+            timed_out = event is None
+            if event is None:
+                await self._branch_timeouts(now)
+            elif isinstance(event, BranchResponse):
+                b = event.branch
+                if b.started and not b.ended:
+                    await self._drive(b, b.receive(event.response, now))
+            else:
+                self._events.append(event)  # the task's, after the route
 
     def _final_sent(self) -> bool:
         """A final response went through the machine (t_drop marks final_status
@@ -653,7 +751,7 @@ class ServerTx:
         dropped = False
         if route is not None:
             rctx = self._reply_ctx(resp, b)
-            await layer.core.run_route(route, rctx, RouteType.ONREPLY)
+            await self._run_route(route, rctx, RouteType.ONREPLY)
             dropped = rctx.drop
         if code < 200:
             # not from a branch already settled locally (it is being CANCELled)
@@ -682,8 +780,7 @@ class ServerTx:
         code = b.final_status
         if self.on_branch_failure is not None and code >= 300:
             rctx = self._reply_ctx(resp, b) if resp is not None else self._failure_ctx(b)
-            await self.layer.core.run_route(self.on_branch_failure, rctx,
-                                            RouteType.BRANCH_FAILURE)
+            await self._run_route(self.on_branch_failure, rctx, RouteType.BRANCH_FAILURE)
         if code >= 600 and not self.settings.disable_6xx:
             # §16.7 step 5 / Kamailio: a 6xx ends the forking
             self.cancel_branches(except_branch=b)
@@ -754,7 +851,7 @@ class ServerTx:
             fctx = self._failure_ctx(self._last_final or best)
             fctx.reply = best.final if best is not None else None
             before = len(self.branches)
-            await self.layer.core.run_route(route, fctx, RouteType.FAILURE)
+            await self._run_route(route, fctx, RouteType.FAILURE)
             if self.final_status or len(self.branches) > before:
                 return  # replied, or relayed again (serial forking)
         self._send_best()
@@ -960,7 +1057,10 @@ class TransactionLayer:
         target = self.clients.get(key)
         if target is None:
             return self._late_response(key, resp)
-        return bool(target.deliver(resp))
+        # matched: if its inbox is full it is dropped (counted by deliver; a callee
+        # retransmits its finals), never forwarded statelessly past its transaction
+        target.deliver(resp)
+        return True
 
     def branch_ended(self, b: Branch) -> None:
         """An INVITE branch's task ended: Timer D or M (wt here, Kamailio's linger, where

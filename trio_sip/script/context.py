@@ -38,7 +38,7 @@ class Branch:
     ruid: str | None = None
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class MsgContext:
     """Everything a route can see or change about the message it processes."""
 
