@@ -144,3 +144,43 @@ async def test_bad_replies_are_refused_before_anything_is_sent(
         assert (await env.uac.expect_response(603)).reason == "Decline"
         with pytest.raises(MiError, match="already answered"):
             await env.call("tm.t_reply", [200, "OK", index, label])
+
+
+async def test_header_lines_follow_the_shared_rules(autojump_clock: Any,
+                                                    write_routes: Any) -> None:
+    """HEADERS go through parse_header_lines_untrusted: each bad line is refused with
+    -32602 naming it and why, before anything is sent; blank lines and a trailing CRLF
+    are harmless, folded lines are joined, compact forms are the headers they stand for."""
+    async with sim_server(write_routes(ROUTES)) as env:
+        await env.uac.send(env.uac.request("INVITE", f"sip:hold@{UAS}"), PROXY)
+        await env.uac.expect_response(100)
+        index, label = _ids(env, "hold")
+        bad = [
+            # injection attempts: a bare CR, a NUL, a blank line then a "body"
+            ("X-A: 1\rX-Evil: 2", "headers: header line 1 'X-A: 1\\rX-Evil: 2': '\\r' in "
+             "the line (CR, LF and NUL are refused: header injection)"),
+            ("X-A: 1\x00", "header injection"),
+            ("X-A: 1\r\n\r\nv=0", "headers: header line 3 'v=0': no colon: it is not a "
+             "'Name: value' header line"),
+            ("X-A: \x1b[2J", "control character '\\x1b'"),
+            # names
+            ("X Evil: 1", "headers: header line 1 'X Evil: 1': header name 'X Evil' is not "
+             "a token (RFC 3261 §25.1)"),
+            ("X|A: 1", "is not a token"),  # an HTTP tchar, not a SIP token character
+            (": 1", "empty header name"),
+            (" X-A: 1", "no header line before it"),
+            ("i: other-call-id", "headers: i is written by the reply itself"),
+        ]
+        for headers, text in bad:
+            with pytest.raises(MiError) as exc:
+                await env.call("tm.t_reply", [200, "OK", index, label, "", headers])
+            assert exc.value.code == INVALID_PARAMS and text in exc.value.message, (
+                headers, exc.value)
+        assert [r.status for r in env.uac.responses()] == [100]
+
+        await env.call("tm.t_reply", [
+            486, "Busy Here", index, label, "",
+            "X-A: 1\r\n\r\nSubject: a\r\n  folded\r\nc: text/plain\r\n", "busy"])
+        final = await env.uac.expect_response(486)
+        assert (final.get("X-A"), final.get("Subject"), final.body) == ("1", "a folded",
+                                                                        b"busy")

@@ -126,6 +126,49 @@ async def test_query_post_hdrs_and_request(write_routes) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_bad_header_lines_return_minus_one_with_a_log_line(write_routes,
+                                                                caplog) -> None:
+    """hdrs follow the shared rules for header lines (tests/sip/test_header_lines.py) with
+    HTTP's differences: a bad line makes the function return -1, logs the line and why,
+    and nothing is sent; a trailing CRLF and a blank line are harmless, and a value's
+    bytes (UTF-8 from Lua) are sent as written."""
+    async with trio.open_nursery() as nursery:
+        srv = await nursery.start(HttpServer(body=b"ok").serve)
+        got = await run(write_routes, (
+            "  out('cr', KSR.http_client.http_request('GET', url, '', 'X-A: 1\\rX-Evil: 2'))\n"
+            "  out('nul', KSR.http_client.get_hdrs(url, '', 'X-A: 1\\0', '$var(r)'))\n"
+            "  out('sp', KSR.http_client.query_post_hdrs(url, 'a=1', 'X Evil: 1', '$var(r)'))\n"
+            "  out('body', KSR.http_client.http_request('POST', url, 'x',"
+            " 'X-A: 1\\r\\n\\r\\na=1&b=2'))\n"
+            "  out('fold', KSR.http_client.http_request('GET', url, '', 'X-A: 1\\r\\n 2'))\n"
+            "  out('hcolon', KSR.http_client.http_request('GET', url, '', 'X-A : 1'))\n"
+            "  out('good', KSR.http_client.http_request('GET', url, '',"
+            " 'X-A: 1\\r\\n\\r\\nX-City: K\\195\\182ln\\r\\nX#Tag: t\\r\\n'))\n"),
+            f"http://127.0.0.1:{srv.port}/h")
+        assert got == {"cr": "number:-1", "nul": "number:-1", "sp": "number:-1",
+                       "body": "number:-1", "fold": "number:-1", "hcolon": "number:-1",
+                       "good": "number:200"}
+        [req] = srv.requests  # only the good one was sent
+        assert (req.headers["x-a"], req.headers["x-city"], req.headers["x#tag"]) == (
+            "1", "K\xc3\xb6ln", "t")  # the UTF-8 bytes of "Köln", as written
+        nursery.cancel_scope.cancel()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        "http_client.http_request: header line 1 'X-A: 1\\rX-Evil: 2': '\\r' in the line "
+        "(CR, LF and NUL are refused: header injection)",
+        "http_client.get_hdrs: header line 1 'X-A: 1\\x00': '\\x00' in the line (CR, LF and "
+        "NUL are refused: header injection)",
+        "http_client.query_post_hdrs: header line 1 'X Evil: 1': header name 'X Evil' is "
+        "not a token (RFC 9110 §5.6.2)",
+        "http_client.http_request: header line 3 'a=1&b=2': no colon: it is not a "
+        "'Name: value' header line",
+        "http_client.http_request: header line 2 ' 2': a continuation (folded) line: HTTP "
+        "header lines must not be folded (RFC 9112 §5.2)",
+        "http_client.http_request: header line 1 'X-A : 1': white space between the name "
+        "and the colon (RFC 9112 §5.1)",
+    ]
+
+
 async def test_failures_are_negative_and_never_sent_beyond_loopback(write_routes) -> None:
     with trio.socket.socket() as s:  # a port nobody listens on
         await s.bind(("127.0.0.1", 0))
@@ -294,6 +337,8 @@ def test_bad_params_refuse_to_start_naming_the_key() -> None:
     bad: list[dict[str, object]] = [
         {"timeout_mode": 3}, {"httpcon": ["nourl"]}, {"httpcon": ["a=>ftp://x"]},
         {"httpcon": ["a=>http://127.0.0.1;failover=b"]}, {"headers": ["oops"]},
+        {"headers": ["X-A: 1\rX-Evil: 2"]}, {"authorization": "Bearer x\r\nX-Evil: 1"},
+        {"useragent": "ua\x00"}, {"httpcon": ["a=>http://127.0.0.1;useragent=x\x1by"]},
         {"connection_timeout": "soon"}, {"nope": 1},
     ]
     for raw in bad:
@@ -309,4 +354,6 @@ def test_parsers() -> None:
     assert parse_header_lines("A: 1\r\nB:2\n\n") == [("A", "1"), ("B", "2")]
     with pytest.raises(ValueError):
         parse_header_lines("A 1")
+    with pytest.raises(ValueError, match="header injection"):
+        parse_header_lines("A: 1\rB: 2")
 

@@ -391,3 +391,58 @@ end
         cancel = await uas.expect_request("CANCEL", within=1)
         assert cancel.at - t0 == 2.0  # the abandoned INVITE is CANCELled
         nursery.cancel_scope.cancel()
+
+
+async def test_bad_header_lines_return_minus_one_with_a_log_line(
+        autojump_clock, write_routes, caplog) -> None:
+    """$uac_req(hdrs) and t_uac_send's headers follow the shared rules for header lines
+    (tests/sip/test_header_lines.py): a bad line makes the function return -1, logs the
+    line and why, and sends nothing; a trailing CRLF and a blank line are harmless."""
+    routes = write_routes(f"""
+local function send(hdrs)
+  KSR.pv.unset("$uac_req(all)")
+  KSR.pv.sets("$uac_req(method)", "MESSAGE")
+  KSR.pv.sets("$uac_req(ruri)", "sip:bob@{UAS}")
+  KSR.pv.sets("$uac_req(hdrs)", hdrs)
+  return KSR.uac.uac_req_send()
+end
+function ksr_request_route()
+  local out = {{
+    send("X-A: 1\\rX-Evil: 2\\r\\n"),        -- a bare CR: injection
+    send("X-A: 1\\0"),                       -- a NUL
+    send("X Evil: 1\\r\\n"),                 -- a name with a space
+    send("X-A: 1\\r\\n\\r\\nv=0\\r\\n"),     -- a blank line, then a would-be body
+    send(" X-A: 1\\r\\n"),                   -- a continuation with nothing before it
+    KSR.tm.t_uac_send("NOTIFY", "sip:bob@{UAS}", "", "", "Event: x\\r\\nX-A: 1\\rX-Evil: 2"),
+    send("X-Good: 1\\r\\n\\r\\nSubject: a\\r\\n folded\\r\\n"),
+  }}
+  KSR.sl.sl_send_reply(200, table.concat(out, " "))
+end
+""")
+    async with SimNetwork(seed=12) as net, trio.open_nursery() as nursery:
+        await start_server(nursery, net, routes=routes)
+        caller, uas = SimUA(net, CALLER), SimUA(net, UAS)
+        answer(uas, 200)
+        await caller.send(caller.request("OPTIONS", f"sip:server@{SERVER}"), SERVER)
+        assert (await caller.expect_response(final=True)).reason == "-1 -1 -1 -1 -1 -1 1"
+        req = (await uas.expect_request("MESSAGE")).msg
+        assert isinstance(req, SipRequest)
+        assert (req.get("x-good"), req.get("subject"), req.body) == ("1", "a folded", b"")
+        await trio.sleep(5)
+        assert len(uas.requests()) == 1  # nothing of the refused ones was sent
+        nursery.cancel_scope.cancel()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        "uac_req_send: bad header line 1 'X-A: 1\\rX-Evil: 2': '\\r' in the line (CR, LF "
+        "and NUL are refused: header injection)",
+        "uac_req_send: bad header line 1 'X-A: 1\\x00': '\\x00' in the line (CR, LF and NUL "
+        "are refused: header injection)",
+        "uac_req_send: bad header line 1 'X Evil: 1': header name 'X Evil' is not a token "
+        "(RFC 3261 §25.1)",
+        "uac_req_send: bad header line 3 'v=0': no colon: it is not a 'Name: value' header "
+        "line",
+        "uac_req_send: bad header line 1 ' X-A: 1': a continuation line (starting with "
+        "white space) with no header line before it",
+        "t_uac_send: bad header line 2 'X-A: 1\\rX-Evil: 2': '\\r' in the line (CR, LF and "
+        "NUL are refused: header injection)",
+    ]

@@ -259,6 +259,18 @@ async def test_tcp_next_hop_without_listener_is_a_local_477(autojump_clock,
     (UacRequest("OPTIONS", "sip:bob@127.0.0.3", headers="Via: x"), 400, "Via"),
     (UacRequest("OPTIONS", "sip:bob@127.0.0.3", headers="no colon"), 400, "bad header"),
     (UacRequest("OPTIONS", "sip:bob@127.0.0.3", headers="X: a\r\n\r\nBODY: b"), 400, None),
+    # header lines: the shared rules (tests/sip/test_header_lines.py), the line named
+    (UacRequest("OPTIONS", "sip:bob@127.0.0.3", headers="X: a\rX-Evil: b"), 400,
+     "bad header line 1 'X: a\\rX-Evil: b': '\\r' in the line (CR, LF and NUL are refused: "
+     "header injection)"),
+    (UacRequest("OPTIONS", "sip:bob@127.0.0.3", headers="X: a\x00"), 400, "header injection"),
+    (UacRequest("OPTIONS", "sip:bob@127.0.0.3", headers="X Evil: 1"), 400,
+     "header name 'X Evil' is not a token"),
+    (UacRequest("OPTIONS", "sip:bob@127.0.0.3", headers="X: 1\r\n\r\nv=0"), 400,
+     "bad header line 3 'v=0': no colon"),
+    (UacRequest("OPTIONS", "sip:bob@127.0.0.3", headers=" X: 1"), 400, "no header line before"),
+    (UacRequest("OPTIONS", "sip:bob@127.0.0.3", headers="i: x@y"), 400,
+     "header i is set by the request's own fields"),
     (UacRequest("OPTIONS", "sip:bob@127.0.0.3", from_uri="<sip:a@b"), 400, "From"),
     (UacRequest("OPTIONS", "sip:bob@127.0.0.3", call_id="a b"), 400, "Call-ID"),
     (UacRequest("OPTIONS", "sip:bob@127.0.0.3", transport="tcp"), 400, "socket"),
@@ -583,3 +595,22 @@ def test_challenge_parser_raises_only_bad_message(text: str) -> None:
         digest_credentials(text, "INVITE", "sip:a@b", "u", "p", "c")
     except DigestError:
         pass
+
+
+async def test_header_lines_folded_and_trailing_crlf(autojump_clock, write_routes) -> None:
+    """A trailing CRLF (as Kamailio scripts write) and a blank line are harmless, folded
+    lines are joined; a compact Contact (m:) replaces the INVITE's own."""
+    async with SimNetwork(seed=12) as net, trio.open_nursery() as nursery:
+        server = await start_server(nursery, net, routes=write_routes(ROUTES))
+        uas = SimUA(net, UAS)
+        answer(uas, 486)
+        uac = local_uacs(server.core).send(UacRequest(
+            "INVITE", f"sip:bob@{UAS}",
+            headers="Subject: a\r\n\tfolded\r\n\r\nm: <sip:me@127.0.0.1>\r\nX-B : 2\r\n"))
+        assert (await uac.wait()).code == 486
+        req = uas.requests()[0]
+        assert (req.get("subject"), req.get("x-b")) == ("a folded", "2")
+        assert [h.text for h in req.headers if h.name.lower() in ("contact", "m")] == [
+            "<sip:me@127.0.0.1>"]
+        assert req.body == b""
+        nursery.cancel_scope.cancel()

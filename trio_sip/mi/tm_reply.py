@@ -16,10 +16,14 @@ final reply of an INVITE), and the transaction lingers for wt as usual.
 
 ``TO_TAG`` ("" or "." for none) replaces the transaction's own To tag for this reply
 and later ones (ACK matching follows it); ``HEADERS`` are extra header lines, separated
-by CRLF or LF, each ``Name: value``; ``BODY`` goes with a ``Content-Type`` given in
-HEADERS (Kamailio's convention). A header without a colon, a control character in a
-header or the reason phrase, or a code out of 100..699 is refused with -32602 before
-anything is sent. An unknown or finished transaction is -32000 "481 No such
+by CRLF or LF, each ``Name: value`` (the rules of
+:func:`~trio_sip.sip.headers.parse_header_lines_untrusted`: a token name, blank lines
+skipped, folded lines joined); ``BODY`` goes with a ``Content-Type`` given in HEADERS
+(Kamailio's convention). A header line without a colon or with a name that is not a
+token, a CR, LF, NUL or other control character in a header line or the reason phrase
+(header injection), a header the reply writes itself (Via, From, To, Call-ID, CSeq,
+Content-Length, also in compact form), or a code out of 100..699 is refused with
+-32602 naming the line and the reason, before anything is sent. An unknown or finished transaction is -32000 "481 No such
 transaction"; one already answered, -32000 naming its final status.
 """
 
@@ -29,15 +33,16 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+from ..sip.errors import BadMessage
+from ..sip.headers import header_key, is_token, parse_header_lines_untrusted
 from .registry import COMMAND_FAILED, InvalidParams, MiCommand, MiContext, MiError
 
 __all__ = ["commands"]
 
-_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CTL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-#: headers the reply builder writes itself: a copy from HEADERS would contradict them
-_OURS: Final = frozenset({"via", "from", "to", "call-id", "cseq", "content-length", "l",
-                          "v", "f", "t", "i"})
+#: headers the reply builder writes itself (keys: compact forms are expanded): a copy
+#: from HEADERS would contradict them
+_OURS: Final = frozenset({"via", "from", "to", "call-id", "cseq", "content-length"})
 
 
 def _int(params: Mapping[str, Any], key: str) -> int:
@@ -69,20 +74,19 @@ def _latin1(text: str) -> bool:
 
 
 def _headers(text: str) -> list[str]:
+    """HEADERS checked by the shared rules for header lines given by a caller
+    (:func:`~trio_sip.sip.headers.parse_header_lines_untrusted`: token names, folding
+    joined, blank lines skipped, no CR/LF/NUL or other control character), then
+    without the headers the reply writes itself."""
+    try:
+        lines = parse_header_lines_untrusted(text)
+    except BadMessage as exc:
+        raise InvalidParams(f"headers: {exc.reason}") from None
     out = []
-    for line in text.replace("\r\n", "\n").split("\n"):
-        if not line.strip():
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not _HEADER_NAME.fullmatch(name.strip()):
-            raise InvalidParams(f"headers: {line!r} is not a 'Name: value' header line")
-        if _CTL.search(line.replace("\t", " ")):
-            raise InvalidParams(f"headers: control character in {line!r}")
-        if not _latin1(line):
-            raise InvalidParams(f"headers: only ISO-8859-1 characters in {line!r}")
-        if name.strip().lower() in _OURS:
-            raise InvalidParams(f"headers: {name.strip()} is written by the reply itself")
-        out.append(f"{name.strip()}: {value.strip()}")
+    for name, value in lines:
+        if header_key(name) in _OURS:
+            raise InvalidParams(f"headers: {name} is written by the reply itself")
+        out.append(f"{name}: {value}")
     return out
 
 
@@ -99,11 +103,11 @@ def _reply(ctx: MiContext, index: int, label: int, params: Mapping[str, Any]) ->
     to_tag = _text(params, "to_tag").strip()
     if to_tag in (".", "-"):
         to_tag = ""
-    if to_tag and not _HEADER_NAME.fullmatch(to_tag):
+    if to_tag and not is_token(to_tag):
         raise InvalidParams(f"to_tag {to_tag!r} is not a token")
     headers = _headers(_text(params, "headers"))
     body = _text(params, "body").encode("utf-8")
-    if body and not any(h.lower().startswith(("content-type:", "c:")) for h in headers):
+    if body and not any(header_key(h.partition(":")[0]) == "content-type" for h in headers):
         raise InvalidParams("a body needs a Content-Type header in headers")
 
     tx = ctx.core.tm.by_index.get(index)

@@ -84,6 +84,8 @@ from ..script import pv
 from ..script.context import MsgContext
 from ..script.exports import ANY_ROUTE, ModuleBuilder, RouteType
 from ..script.ops import AsyncOp
+from ..sip.errors import BadMessage
+from ..sip.headers import parse_header_lines_untrusted
 from ..transport.base import Address
 
 log = logging.getLogger("trio_sip.http_client")
@@ -117,7 +119,6 @@ R = RouteType
 #: synchronously), as for every waiting export
 WAIT_ROUTES = R.REQUEST | R.FAILURE | R.ONREPLY | R.BRANCH_FAILURE | R.EVENT | R.TIMER
 _LAST = "\0http_client:last"
-_HDR_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 # -- params ---------------------------------------------------------------------------
@@ -215,11 +216,23 @@ class HttpClientParams:
         if self.authmethod not in range(1, 32):
             raise ValueError("authmethod must be a bitmap of 1 (Basic), 2 (Digest), ...")
         for h in self.headers:
-            parse_header_lines(h)
-        if any(c in self.authorization for c in "\r\n"):
-            raise ValueError("authorization must be one line")
+            try:
+                parse_header_lines(h)
+            except ValueError as exc:
+                raise ValueError(f"headers: {exc}") from None
+        for key in ("authorization", "useragent"):
+            try:
+                parse_header_lines_untrusted([f"X: {getattr(self, key)}"], http=True)
+            except BadMessage:
+                raise ValueError(f"{key} must be one line of ISO-8859-1 text without "
+                                 "control characters") from None
         cons = self.connections()
         for con in cons.values():
+            try:
+                parse_header_lines_untrusted([f"X: {con.useragent or ''}"], http=True)
+            except BadMessage:
+                raise ValueError(f"httpcon {con.name}: useragent must be ISO-8859-1 text "
+                                 "without control characters") from None
             if con.failover and con.failover not in cons:
                 raise ValueError(f"httpcon {con.name}: failover {con.failover!r} is not "
                                  "a defined connection")
@@ -242,18 +255,19 @@ class HttpClientParams:
 
 
 def parse_header_lines(text: str) -> list[tuple[str, str]]:
-    """``"Name: value"`` lines (CRLF or LF separated; empty lines ignored); ValueError
-    names the bad line."""
-    out: list[tuple[str, str]] = []
-    for line in re.split(r"\r?\n", text):
-        if not line.strip():
-            continue
-        name, sep, value = line.partition(":")
-        name = name.strip()
-        if not sep or not _HDR_NAME.match(name):
-            raise ValueError(f"bad header line {line!r} (expected 'Name: value')")
-        out.append((name, value.strip()))
-    return out
+    """HTTP request header lines given by a route or the config: ``"Name: value"``
+    lines, CRLF or LF separated, blank lines skipped; ValueError names the bad line and
+    why. The rules are the shared ones for header lines given by a caller
+    (:func:`~trio_sip.sip.headers.parse_header_lines_untrusted`, no CR/LF/NUL or other
+    control character: header injection) with HTTP's differences: a name is an RFC
+    9110 token (which also allows ``# $ & ^ |``), no white space before the colon (RFC
+    9112 §5.1) and no folded lines (RFC 9112 §5.2); SIP's compact forms mean nothing
+    here. Values are sent as the bytes written (ISO-8859-1 characters: a Lua string's
+    bytes), as libcurl does."""
+    try:
+        return parse_header_lines_untrusted(text, http=True)
+    except BadMessage as exc:
+        raise ValueError(exc.reason) from None
 
 
 # -- the client -------------------------------------------------------------------------
@@ -378,7 +392,9 @@ class HttpClient:
         if not (p.keep_connections if keep is None else keep) and "connection" not in names:
             all_headers.append(("Connection", "close"))
         content = body.encode("latin-1") if isinstance(body, str) else body
-        return self._client.build_request(method, url, headers=all_headers, content=content)
+        # the bytes as written (httpx would encode str as ASCII and refuse the rest)
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in all_headers]
+        return self._client.build_request(method, url, headers=raw, content=content)
 
     async def _send(self, method: str, url: str, body: str | bytes | None,
                     headers: list[tuple[str, str]], follow: bool | None, keep: bool | None,

@@ -64,7 +64,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,7 +76,13 @@ from ..dns.rfc3263 import Resolution
 from ..proxy.stateless import NextHop, target_of_uri, via_line
 from ..sip.digest import DigestError, digest_credentials
 from ..sip.errors import BadMessage
-from ..sip.headers import parse_name_addr_list_untrusted, split_commas
+from ..sip.headers import (
+    header_key,
+    is_token,
+    parse_header_lines_untrusted,
+    parse_name_addr_list_untrusted,
+    split_commas,
+)
 from ..sip.message import SipRequest, SipResponse
 from ..sip.parser import parse_message_untrusted
 from ..sip.reply import reason_phrase
@@ -94,11 +99,10 @@ log = logging.getLogger("trio_sip.tm")
 
 #: Kamailio tm's CSeq of a request sent outside a dialog (``DEFAULT_CSEQ``)
 DEFAULT_CSEQ = 10
-#: headers the facility writes itself; given in ``headers`` they are refused
-_OWN_HEADERS = frozenset({"via", "content-length", "l", "v", "cseq", "call-id", "i",
-                          "from", "f", "to", "t", "max-forwards"})
-_TOKEN = re.compile(r"^[A-Za-z0-9.!%*_+`'~-]+$")
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9.!%*_+`'~-]+$")
+#: headers the facility writes itself (keys: compact forms expanded); given in
+#: ``headers`` they are refused
+_OWN_HEADERS = frozenset({"via", "content-length", "cseq", "call-id", "from", "to",
+                          "max-forwards"})
 #: at most this many local transactions at once (each is a task and a table entry), unless
 #: ``[modparams.uac] max_pending`` says otherwise
 MAX_PENDING = 10_000
@@ -121,7 +125,8 @@ class UacRequest:
     ``from_uri``/``to_uri`` default to the R-URI; each is a URI (put in ``<>``) or a
     whole name-addr with parameters (``"Alice" <sip:a@x>;tag=1``), used as written.
     A From without a tag gets one. ``headers`` are extra header lines (CRLF or LF
-    separated), ``outbound`` the next hop (Kamailio ``$uac_req(ouri)``, like $du:
+    separated; checked as :func:`~trio_sip.sip.headers.parse_header_lines_untrusted`
+    says, a bad one refuses the request with 400 naming the line), ``outbound`` the next hop (Kamailio ``$uac_req(ouri)``, like $du:
     the R-URI is kept, the packet goes there)."""
 
     method: str
@@ -469,7 +474,7 @@ class LocalUacLayer:
             self.stats["refused"] += 1
             raise UacError(f"too many local transactions pending ({limit})", 503)
         method = req.method.strip().upper()
-        if not _TOKEN.match(method):
+        if not is_token(method):
             raise UacError(f"bad method {req.method!r}")
         if method in ("ACK", "CANCEL"):
             raise UacError(f"{method} is not sent as a transaction of its own "
@@ -636,7 +641,7 @@ class LocalUacLayer:
             f"Call-ID: {spec.call_id}",
             f"CSeq: {spec.cseq} {method}",
         ]
-        if method == "INVITE" and not any(_name_of(x) in ("contact", "m") for x in extra):
+        if method == "INVITE" and not any(header_key(_name_of(x)) == "contact" for x in extra):
             h = f"[{host}]" if ":" in host and not host.startswith("[") else host
             tp = "" if transport.proto == "udp" else f";transport={transport.proto}"
             lines.append(f"Contact: <sip:{h}:{port}{tp}>")
@@ -646,29 +651,24 @@ class LocalUacLayer:
 
 
 def _name_of(line: str) -> str:
-    return line.split(":", 1)[0].strip().lower()
+    return line.split(":", 1)[0]
 
 
 def _header_lines(text: str) -> list[str]:
-    """Extra header lines: each ``Name: value``; folded lines are joined; our own
-    headers (Via, From, To, Call-ID, CSeq, Max-Forwards, Content-Length) refused."""
+    """Extra header lines, checked by the shared rules for header lines given by a caller
+    (:func:`~trio_sip.sip.headers.parse_header_lines_untrusted`: ``Name: value`` with a
+    token name, folded lines joined, blank lines skipped so none can start a body, no
+    CR/LF/NUL or other control character); our own headers (Via, From, To, Call-ID,
+    CSeq, Max-Forwards, Content-Length, also in compact form) refused."""
+    try:
+        lines = parse_header_lines_untrusted(text)
+    except BadMessage as exc:
+        raise UacError(f"bad {exc.reason}") from None
     out: list[str] = []
-    for raw in text.replace("\r\n", "\n").split("\n"):
-        line = raw.rstrip("\r")
-        if not line.strip():
-            continue
-        if line[0] in " \t" and out:
-            out[-1] += " " + line.strip()
-            continue
-        if "\r" in line or "\0" in line:
-            raise UacError(f"bad header line {line!r}")
-        name, sep, _ = line.partition(":")
-        name = name.strip()
-        if not sep or not _HEADER_NAME.match(name):
-            raise UacError(f"bad header line {line!r} (want 'Name: value')")
-        if name.lower() in _OWN_HEADERS:
+    for name, value in lines:
+        if header_key(name) in _OWN_HEADERS:
             raise UacError(f"header {name} is set by the request's own fields, not in headers")
-        out.append(line.strip())
+        out.append(f"{name}: {value}")
     return out
 
 

@@ -13,6 +13,7 @@ Everything that parses network data ends in ``_untrusted`` and raises only
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -528,3 +529,99 @@ def parse_uint_untrusted(value: str, what: str, maximum: int) -> int:
     if n > maximum:
         raise BadMessage(f"{what} {n} out of range (max {maximum})")
     return n
+
+
+# -- header lines given by route authors and management callers ---------------------------
+
+# RFC 9110 §5.6.2 tchar: RFC 3261's token characters plus # $ & ^ |
+_HTTP_TOKEN_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# what a line may not hold: C0 controls but HTAB, DEL, and anything beyond one byte
+_BAD_VALUE_CHAR_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
+
+
+def _line_error(n: int, line: str, why: str) -> BadMessage:
+    shown = line if len(line) <= 80 else line[:77] + "..."
+    return BadMessage(f"header line {n} {shown!r}: {why}", 400)
+
+
+def parse_header_lines_untrusted(lines: str | Iterable[str], *,
+                                 http: bool = False) -> list[tuple[str, str]]:
+    """Extra header lines given by a route author or a management caller, checked:
+    ``[(name, value), ...]`` in order, the name as written, the value without the white
+    space around it. Raises :class:`BadMessage` (status 400) whose reason names the
+    line (its number, counting from 1, and its text) and what is wrong with it.
+
+    ``lines`` is a text (lines separated by CRLF or LF) or an iterable of lines (each
+    item is one line: a CR or LF inside it is refused, never split at).
+
+    The rules, SIP (RFC 3261 §7.3, §25.1) unless ``http``:
+
+    * an empty or blank line is skipped: it never ends the header section, so it cannot
+      start a body (a trailing CRLF, as Kamailio scripts write, is fine);
+    * a line starting with SP or HTAB continues the header before it (folding, RFC
+      3261 §7.3.1): it is joined to that value with one space; as the first line it is
+      refused. With ``http`` a continuation is refused (RFC 9112 §5.2 obs-fold: a
+      sender must not fold);
+    * ``Name: value``: a line without a colon is refused; the name must not be empty
+      and must be a token (RFC 3261 ``token``; with ``http``, RFC 9110 ``tchar``, which
+      also allows ``# $ & ^ |``). SP/HTAB between the name and the colon is allowed in
+      SIP (``HCOLON``) and refused with ``http`` (RFC 9112 §5.1). Compact forms
+      (``c:``, ``m:``...) are names like the others: callers compare names with
+      :func:`header_key`;
+    * a line (name and value; the value may be empty) may hold no CR, LF or NUL (header
+      injection), no other control character but HTAB (nor DEL), and only characters
+      U+0000..U+00FF: header lines are sent as ISO-8859-1 bytes (a Lua string's bytes
+      arrive as such characters, so UTF-8 from a route goes through unchanged). The
+      same for SIP and HTTP (RFC 9110 §5.5 allows a recipient to keep other controls;
+      a sender has no reason to write them).
+
+    What is not checked here: which headers a caller may not be given (its own Via,
+    CSeq...), and the grammar of a particular header's value.
+    """
+    if isinstance(lines, str):
+        items = lines.split("\n")
+        items = [x[:-1] if x.endswith("\r") else x for x in items]
+    else:
+        items = list(lines)
+    out: list[tuple[str, str]] = []
+    for n, line in enumerate(items, 1):
+        if not isinstance(line, str):
+            raise BadMessage(f"header line {n}: not a string ({type(line).__name__})", 400)
+        bad = _BAD_VALUE_CHAR_RE.search(line)
+        if bad is not None:
+            c = bad.group()
+            if c in "\r\n\0":
+                why = f"{c!r} in the line (CR, LF and NUL are refused: header injection)"
+            elif ord(c) > 0xFF:
+                why = f"{c!r} is not ISO-8859-1 (header lines are sent as bytes)"
+            else:
+                why = f"control character {c!r} in the line"
+            raise _line_error(n, line, why)
+        if not line.strip(" \t"):
+            continue
+        if line[0] in _WS:
+            if http:
+                raise _line_error(n, line, "a continuation (folded) line: HTTP header "
+                                  "lines must not be folded (RFC 9112 §5.2)")
+            if not out:
+                raise _line_error(n, line, "a continuation line (starting with white "
+                                  "space) with no header line before it")
+            name, value = out[-1]
+            rest = line.strip(" \t")
+            out[-1] = (name, f"{value} {rest}" if value else rest)
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise _line_error(n, line, "no colon: it is not a 'Name: value' header line")
+        if name != name.rstrip(" \t"):
+            if http:
+                raise _line_error(n, line, "white space between the name and the colon "
+                                  "(RFC 9112 §5.1)")
+            name = name.rstrip(" \t")
+        if not name:
+            raise _line_error(n, line, "empty header name")
+        if not (_HTTP_TOKEN_RE if http else _TOKEN_RE).fullmatch(name):
+            raise _line_error(n, line, f"header name {name!r} is not a token "
+                              f"({'RFC 9110 §5.6.2' if http else 'RFC 3261 §25.1'})")
+        out.append((name, value.strip(" \t")))
+    return out
