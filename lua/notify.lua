@@ -26,14 +26,26 @@
 --        {"type":"missed_call","from":"sip:alice@...","to":"bob","code":480,
 --         "time":1764460800,"attempt":1,"call-id":"..."}
 --   3. 2xx: done. No answer, 408, 429 or 5xx: the item goes back to the queue with
---      attempts + 1, due again after backoff_s * 2^(attempts-1) seconds (at most
---      max_backoff_s); after max_attempts (0: never) it is dropped and logged.
+--      attempts + 1, due again backoff_s * 2^(attempts-1) seconds (at most
+--      max_backoff_s) after the failed attempt started; after max_attempts (0: never)
+--      it is dropped and logged.
 --      Another 4xx (the target refuses this notification for good) drops it, logged.
 --      A user without a row: nothing to notify, dropped (logged at info). An SQL
 --      error: back to the queue, as a failed POST.
 --
 -- Items not yet due go back to the queue untouched, so one run looks at each item at
--- most once (a bounded loop). With a persistent queue ([modparams.mqueue] dbmode=1)
+-- most once (a bounded loop). An item due within slack_ms of the run is taken: timer
+-- runs are not exactly an interval apart, and a retry due 1 s after an attempt made
+-- at one run must not wait for the run after the next.
+--
+-- The clock: due times follow the server's clock (KSR.async.now_ms: Trio's monotonic
+-- clock, virtual time in tests, so retries come at exact times there), anchored at the
+-- wall clock (os.time) when first read: in milliseconds since the epoch, so the due
+-- times of a persistent queue still mean something after a restart, and a step of the
+-- wall clock (NTP) does not move the retries of a running server. Without
+-- KSR.async.now_ms (another host of this file) it is os.time() * 1000. The "time" of the
+-- notification is the wall clock (os.time) of the missed call. Records queued by an
+-- older notify.lua (due in seconds) are read as such. With a persistent queue ([modparams.mqueue] dbmode=1)
 -- a target that is down loses nothing, and what is pending at a restart is sent after
 -- it. An item is out of the queue while its POST is in flight: a crash at that moment
 -- loses that one item (the queue is at-most-once); a restart otherwise loses none.
@@ -49,6 +61,7 @@
 --   backoff_s      2          first retry delay; doubles each time
 --   max_backoff_s  300
 --   max_attempts   0          0: retry until it is sent
+--   slack_ms       100        an item due this close to a run is taken by it
 --   batch          100        items looked at per drain() at most
 --   authorization  nil        Authorization header value for the POSTs
 --
@@ -65,6 +78,7 @@ local cfg = {
     backoff_s = 2,
     max_backoff_s = 300,
     max_attempts = 0,
+    slack_ms = 100,
     batch = 100,
     authorization = nil,
 }
@@ -82,13 +96,32 @@ function notify.setup(opts)
 end
 notify.setup()
 
+-- The clock of due times (see the header): ms since the epoch, following the server's.
+local anchor_wall, anchor_mono
+local function now_ms()
+    local mono = KSR.async and KSR.async.now_ms and KSR.async.now_ms()
+    if mono == nil then return os.time() * 1000 end
+    if anchor_mono == nil then
+        anchor_wall, anchor_mono = os.time() * 1000, mono
+    end
+    return anchor_wall + (mono - anchor_mono)
+end
+notify.now_ms = now_ms
+
+--- The anchor of the clock: the wall clock (ms since the epoch) and the server's clock
+--- (KSR.async.now_ms) when it was first read; nil before.
+function notify.clock_anchor()
+    return anchor_wall, anchor_mono
+end
+
 local function count(name, n)
     local key = "$shv(notify:" .. name .. ")"
     KSR.pv.seti(key, (tonumber(KSR.pv.get(key)) or 0) + (n or 1))
 end
 
 -- The queued record: "attempts|due|time|code|call-id|caller" (the caller last: it is the
--- only field that may hold a "|"). The key of the item is the callee.
+-- only field that may hold a "|"); due in ms since the epoch (see the clock above), time
+-- in seconds. The key of the item is the callee.
 local function encode(r)
     return table.concat({ r.attempts, r.due, r.time, r.code, r.callid, r.caller }, "|")
 end
@@ -97,7 +130,9 @@ local function decode(v)
     if v == nil then return nil end
     local a, d, t, c, ci, caller = string.match(v, "^(%d+)|(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$")
     if a == nil then return nil end
-    return { attempts = tonumber(a), due = tonumber(d), time = tonumber(t),
+    d = tonumber(d)
+    if d < 1e11 then d = d * 1000 end  -- an older notify.lua's record: seconds
+    return { attempts = tonumber(a), due = d, time = tonumber(t),
              code = tonumber(c), callid = ci, caller = caller }
 end
 notify.encode, notify.decode = encode, decode
@@ -120,8 +155,7 @@ end
 --- Queue a missed-call notification for `callee` (a SIP user) from `caller`.
 --- 1 when queued, -1 when the queue does not exist.
 function notify.missed_call(callee, caller, code, callid)
-    local now = os.time()
-    local r = { attempts = 0, due = now, time = now, code = code or 0,
+    local r = { attempts = 0, due = now_ms(), time = os.time(), code = code or 0,
                 callid = (callid or ""):gsub("|", ""), caller = caller or "" }
     local rc = KSR.mqueue.mq_add(cfg.queue, callee, encode(r))
     if rc == 1 then
@@ -170,8 +204,9 @@ local function backoff(attempts)
     return math.floor(d)
 end
 
--- Back to the queue after a failure; dropped after max_attempts.
-local function retry(callee, r, why)
+-- Back to the queue after a failure (of an attempt started at `started`, ms); dropped
+-- after max_attempts.
+local function retry(callee, r, why, started)
     r.attempts = r.attempts + 1
     if cfg.max_attempts > 0 and r.attempts >= cfg.max_attempts then
         count("dropped")
@@ -179,7 +214,7 @@ local function retry(callee, r, why)
             .. r.attempts .. " attempts (" .. why .. ")\n")
         return
     end
-    r.due = os.time() + backoff(r.attempts)
+    r.due = started + backoff(r.attempts) * 1000
     KSR.mqueue.mq_add(cfg.queue, callee, encode(r))
     count("retried")
     KSR.warn("notify: " .. callee .. ": " .. why .. "; retry " .. r.attempts .. " in "
@@ -188,6 +223,7 @@ end
 
 -- Send one notification; true when it is done with (sent, or dropped for good).
 local function send_one(callee, r)
+    local started = now_ms()
     local url, err = target_of(callee)
     if url == nil then
         if err == "none" then
@@ -195,7 +231,7 @@ local function send_one(callee, r)
             KSR.info("notify: no notify target for " .. callee .. ": dropped\n")
             return
         end
-        return retry(callee, r, "target lookup failed")
+        return retry(callee, r, "target lookup failed", started)
     end
     local hdrs = "Content-Type: application/json"
     if cfg.authorization then hdrs = hdrs .. "\r\nAuthorization: " .. cfg.authorization end
@@ -205,7 +241,7 @@ local function send_one(callee, r)
         count("sent")
         KSR.info("notify: sent to " .. callee .. " (" .. code .. ")\n")
     elseif code < 0 or code == 408 or code == 429 or code >= 500 then
-        retry(callee, r, "POST " .. url .. " gave " .. code)
+        retry(callee, r, "POST " .. url .. " gave " .. code, started)
     else
         count("dropped")
         KSR.err("notify: " .. url .. " refused the notification for " .. callee .. " ("
@@ -219,7 +255,7 @@ function notify.drain()
     local n = KSR.mqueue.mq_size(cfg.queue)
     if n <= 0 then return 0 end
     if n > cfg.batch then n = cfg.batch end
-    local now = os.time()
+    local now = now_ms()
     for i = 1, n do
         if KSR.mqueue.mq_fetch(cfg.queue) ~= 1 then return i - 1 end
         local callee = KSR.mqueue.mqk_get(cfg.queue)
@@ -229,7 +265,7 @@ function notify.drain()
             count("dropped")
             KSR.err("notify: malformed queue item for " .. tostring(callee) .. ": "
                 .. tostring(value) .. "\n")
-        elseif r.due > now then
+        elseif r.due > now + cfg.slack_ms then
             KSR.mqueue.mq_add(cfg.queue, callee, value)  -- not due yet
         else
             send_one(callee, r)

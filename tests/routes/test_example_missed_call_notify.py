@@ -11,11 +11,12 @@ directory and the MI listener changed), a table of the example prepared in
 480 reaches the caller at once, the POST goes out at the rtimer's first tick (1 s
 after the server started).
 
-Retries: notify.lua computes when a failed item is due again from Lua's ``os.time()``
-(wall-clock seconds), which virtual time does not move. What these tests can pin
-down is that a failed POST puts the item back in the queue with its attempt counted
-and its due time ``backoff_s`` later; the retry itself (after 1, 2, 4 ... wall-clock
-seconds) is covered in real time by tests/e2e/test_missed_call_notify.py.
+Retries: notify.lua's due times follow the server's clock (``KSR.async.now_ms``,
+Trio's: virtual here), anchored at the wall clock when first read, so the retries of a
+failing target come at exact times: the first attempt at the first tick, then
+``backoff_s`` * 2^(n-1) after each failed attempt (capped at ``max_backoff_s``), and
+the give-up after ``max_attempts``. tests/e2e/test_missed_call_notify.py covers them
+in real time, across a restart of the proxy.
 """
 
 from __future__ import annotations
@@ -149,19 +150,67 @@ async def test_a_failing_target_keeps_the_notification_queued(
     await alice.send(alice.request("INVITE", "sip:bob@127.0.0.3", call_id="missed-3"),
                      server.address())
     await alice.expect_response(480)
-    before = int(time.time())  # the route's os.time() is between these two
     post = await target.wait_for_request()
     await trio.testing.wait_all_tasks_blocked()  # the route goes on after the answer
-    after = int(time.time())
     assert (post.at, post.answered_at, post.status) == (started + 1.0, started + 1.0, 503)
     assert server.core.shv.get("notify:retried") == 1
     assert server.core.shv.get("notify:sent") is None
-    # back in the queue, on disk: attempt 1 counted, due backoff_s (1 s) later
+    # back in the queue, on disk: attempt 1 counted, due backoff_s (1 s) after the
+    # attempt, in ms since the epoch on notify.lua's clock
     [(callee, record)] = queued(tmp_path)
     attempts, due, _, code, call_id, caller = record
     assert (callee, attempts, code, call_id, caller) == (
         "bob", "1", "480", "missed-3", "sip:ua@127.0.0.2:5060")
-    assert before + 1 <= int(due) <= after + 1
+    assert int(due) == lua_clock(server, post.at) + 1000
+
+
+def lua_clock(server: Any, at: float) -> int:
+    """notify.lua's clock (ms since the epoch) at the server's time ``at``: its anchor is
+    the wall clock and KSR.async.now_ms when it was first read."""
+    wall, mono = server.core.engine.lua.globals().package.loaded["notify"].clock_anchor()
+    assert wall is not None, "notify.lua's clock was never read"
+    assert abs(wall / 1000 - time.time()) < 60  # the wall clock, read in this test
+    return int(wall) + int(at * 1000) - int(mono)
+
+
+async def test_a_failing_target_is_retried_with_backoff_then_given_up(
+        autojump_clock: trio.testing.MockClock, sip_server: Any,
+        sip_ua: Callable[..., SimUA], tmp_path: Path) -> None:
+    """The example's routes, with a cap and a limit on the retries (notify.setup merges
+    them into the example's options: backoff_s = 1): a target that always answers 503
+    gets attempt 1 at the first tick, then the retries 1, 2, 4 s after each failed
+    attempt, then every 4 s (max_backoff_s), and nothing after the 6th attempt."""
+    routes = tmp_path / "routes.lua"
+    routes.write_text(f'dofile("{EXAMPLE / "routes.lua"}")\n'
+                      'require("notify").setup { max_backoff_s = 4, max_attempts = 6 }\n')
+    server = await sip_server(config=example_config(tmp_path, f"lua.routes={routes}"))
+    target = ScriptedHttp(status=503)
+    target.install(server.core)
+    started = trio.current_time()
+    alice, bob = sip_ua("127.0.0.2"), sip_ua("127.0.0.3")
+    unavailable(bob)
+    await alice.send(alice.request("INVITE", "sip:bob@127.0.0.3", call_id="missed-6"),
+                     server.address())
+    await alice.expect_response(480)
+    dues = []
+    for n in range(1, 7):
+        post = await target.wait_for_request(n)
+        await trio.testing.wait_all_tasks_blocked()
+        if n < 6:  # back in the queue, due exactly the backoff after this attempt
+            [(_, record)] = queued(tmp_path)
+            assert record[0] == str(n)
+            dues.append(int(record[1]) - lua_clock(server, post.at))
+    assert [(r.at - started, r.json()["attempt"], r.status) for r in target.requests] == [
+        (1.0, 1, 503), (2.0, 2, 503), (4.0, 3, 503), (8.0, 4, 503), (12.0, 5, 503),
+        (16.0, 6, 503)]
+    assert dues == [1000, 2000, 4000, 4000, 4000]
+    # the 6th failure gives up: dropped, out of the queue, never tried again
+    assert server.core.shv.get("notify:retried") == 5
+    assert server.core.shv.get("notify:dropped") == 1
+    assert server.core.shv.get("notify:sent") is None
+    assert queued(tmp_path) == []
+    await trio.sleep(120)
+    assert len(target.requests) == 6
 
 
 async def test_a_hung_target_is_bounded_by_timeout_ms(
