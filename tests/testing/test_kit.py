@@ -260,7 +260,8 @@ async def test_watch_reports_a_resume_after_the_transaction(
     engine.load_string("function r() coroutine.yield(1); return 2 end")
     ended = trio.Event()
     ended.set()
-    ctx = SimpleNamespace(transaction=SimpleNamespace(finished=ended, index=9), engine=None)
+    ctx = SimpleNamespace(transaction=SimpleNamespace(finished=ended, index=9), engine=None,
+                          msg=None)
     with Watch() as watch:
         step = engine.start(engine.function("r"), ctx)  # type: ignore[arg-type]
         assert step.yielded

@@ -25,7 +25,11 @@ scenario)::
   upstream: :meth:`Watch.final_problems`, :meth:`Watch.unanswered`):
   :meth:`Watch.alive` counts those still
   in memory (after a garbage collection), which must return to zero once the server is
-  stopped and dropped. While it is active, log records of the ``trio_sip`` loggers are
+  stopped and dropped; :meth:`Watch.leaks` says which ones they are and what holds each
+  (a chain of references from a module global, a running coroutine's local or a frame:
+  ``module tests.x: ['KEPT'] -> list [0] -> ServerTx INVITE#1 (Call-ID c1)``). Local UAC
+  transactions (:class:`~trio_sip.runtime.uac.LocalUac`, Kamailio ``t_uac``) and servers
+  (their ``ProxyCore``) are watched the same way. While it is active, log records of the ``trio_sip`` loggers are
   formatted when made (message and traceback as text, no arguments, no exc_info):
   handlers that keep records, such as pytest's log capture, would otherwise keep the
   objects in their arguments and tracebacks alive. While it is active, what existed
@@ -40,9 +44,11 @@ that from the network's trace.
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
+import sys
 import weakref
-from types import TracebackType
+from types import CoroutineType, FrameType, GeneratorType, TracebackType
 from typing import Any
 
 import trio
@@ -50,6 +56,7 @@ import trio
 from ..runtime.branch import Branch
 from ..runtime.core import ProxyCore
 from ..runtime.transactions import ServerTx
+from ..runtime.uac import LocalUac
 from ..script.context import MsgContext
 from ..script.engine import ScriptEngine, Step
 
@@ -112,6 +119,128 @@ def leftovers(server: Any) -> list[str]:
     return out
 
 
+#: how far up :meth:`Watch.leaks` looks for what holds a leaked object
+_MAX_DEPTH = 8
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, ServerTx):
+        return f"ServerTx {obj.method}#{obj.index} (Call-ID {obj.request.call_id})"
+    if isinstance(obj, Branch):
+        return f"Branch {obj.method} #{obj.index} to {obj.uri}"
+    if isinstance(obj, LocalUac):
+        return f"LocalUac {obj.method} (Call-ID {obj.call_id}, CSeq {obj.cseq})"
+    if isinstance(obj, ProxyCore):
+        return "ProxyCore (a server)"
+    if isinstance(obj, (CoroutineType, GeneratorType)):
+        return f"{type(obj).__name__} {obj.__qualname__}()"
+    if isinstance(obj, FrameType):
+        return f"frame of {obj.f_code.co_name}() ({obj.f_code.co_filename}:{obj.f_lineno})"
+    return type(obj).__name__
+
+
+def _edge(holder: object, held: object) -> str:
+    """How ``holder`` refers to ``held``: an index, a key, an attribute, a local."""
+    if isinstance(holder, dict):
+        for k, v in holder.items():
+            if v is held:
+                return f"[{k!r}]"
+        return "(a key)"
+    if isinstance(holder, (list, tuple)):
+        for i, v in enumerate(holder):
+            if v is held:
+                return f"[{i}]"
+    if isinstance(holder, (CoroutineType, GeneratorType, FrameType)):
+        frame = holder if isinstance(holder, FrameType) else (
+            holder.cr_frame if isinstance(holder, CoroutineType) else holder.gi_frame)
+        if frame is not None and frame.f_code.co_flags & inspect.CO_OPTIMIZED:
+            # f_locals of a function's frame is a snapshot the frame caches: emptied
+            # after the look, or it would keep what the function lets go of later
+            snapshot = frame.f_locals
+            try:
+                for k, v in snapshot.items():
+                    if v is held:
+                        return f"local {k!r}"
+            finally:
+                snapshot.clear()
+    if getattr(holder, "__dict__", None) is held:
+        return ".__dict__"
+    if getattr(holder, "__closure__", None) is held:
+        return ".__closure__"
+    if type(held).__name__ == "cell":
+        return ""
+    for name in getattr(type(holder), "__slots__", ()):
+        if getattr(holder, name, None) is held:
+            return f".{name}"
+    if type(holder).__name__ == "cell":
+        return "(closure cell)"
+    return ""
+
+
+def _paths_to(objs: list[object]) -> dict[int, str]:
+    """For each of ``objs`` (by id): the chain of references from a root to it, found
+    breadth first (so the shortest; through the other objects too), one pass over the
+    collector's objects per level for all of them."""
+    modules = {id(m.__dict__): name for name, m in list(sys.modules.items())
+               if getattr(m, "__dict__", None) is not None}
+    # per leaked object (by id): node id -> (node, what it holds on the way there)
+    seen: dict[int, dict[int, tuple[object, object | None]]] = {
+        id(o): {id(o): (o, None)} for o in objs}
+    # node id -> (node, the leaked objects whose search reached it last level)
+    frontier: dict[int, tuple[object, list[int]]] = {}
+    for o in objs:
+        frontier.setdefault(id(o), (o, []))[1].append(id(o))
+    found: dict[int, str] = {}
+    mine = {id(seen), id(objs), id(found), *map(id, seen.values())}
+    for _ in range(_MAX_DEPTH):
+        if not frontier or len(found) == len(objs):
+            break
+        mine.add(id(frontier))
+        heap = gc.get_objects()
+        mine.add(id(heap))
+        nxt: dict[int, tuple[object, list[int]]] = {}
+        mine.add(id(nxt))
+        for holder in heap:
+            if id(holder) in mine:
+                continue
+            for ref in gc.get_referents(holder):
+                entry = frontier.get(id(ref))
+                if entry is None:
+                    continue
+                for origin in entry[1]:
+                    if origin in found or id(holder) in seen[origin]:
+                        continue
+                    seen[origin][id(holder)] = (holder, ref)
+                    root = modules.get(id(holder))
+                    if root is not None:
+                        root = f"module {root}"
+                    elif isinstance(holder, (CoroutineType, GeneratorType, FrameType)):
+                        root = _describe(holder)
+                    if root is not None:
+                        found[origin] = _chain(root, holder, seen[origin])
+                    else:
+                        item = nxt.setdefault(id(holder), (holder, []))
+                        mine.add(id(item))
+                        mine.add(id(item[1]))
+                        item[1].append(origin)
+        del heap
+        frontier = nxt
+    return found
+
+
+def _chain(root: str, holder: object, seen: dict[int, tuple[object, object | None]]
+           ) -> str:
+    parts = []
+    node: object = holder
+    for _ in range(_MAX_DEPTH + 1):
+        held = seen[id(node)][1]
+        if held is None:
+            break
+        parts.append(f"{_edge(node, held)} -> {_describe(held)}")
+        node = held
+    return f"{root}: {' '.join(parts)}"
+
+
 class Watch:
     """See the module doc. A context manager; not reentrant (one at a time)."""
 
@@ -124,7 +253,12 @@ class Watch:
         self._tx: weakref.WeakSet[ServerTx] = weakref.WeakSet()
         self._branches: weakref.WeakSet[Branch] = weakref.WeakSet()
         self._cores: weakref.WeakSet[ProxyCore] = weakref.WeakSet()
-        self.made = {"transactions": 0, "branches": 0}
+        self._uacs: weakref.WeakSet[LocalUac] = weakref.WeakSet()
+        self.made = {"transactions": 0, "branches": 0, "local_uacs": 0}
+        #: id() of every object the weak sets were given: :meth:`leaks` also finds those
+        #: of them that a finalizer resurrected (the collector clears the weak
+        #: references to garbage before it runs the finalizers)
+        self._made_ids: set[int] = set()
         #: the async operations routes waited for (KSR.async.*, rtpengine, http...):
         #: started, and how each ended
         self.ops = {"started": 0, "finished": 0, "cancelled": 0}
@@ -157,6 +291,7 @@ class Watch:
         def watched_tx_init(tx: ServerTx, *args: Any, **kwargs: Any) -> None:
             tx_init(tx, *args, **kwargs)
             watch._tx.add(tx)
+            watch._made_ids.add(id(tx))
             watch.made["transactions"] += 1
             watch.transactions[tx.index] = (tx.method, tx.request.call_id, tx.finished)
 
@@ -171,7 +306,16 @@ class Watch:
         def watched_branch_init(b: Branch, *args: Any, **kwargs: Any) -> None:
             branch_init(b, *args, **kwargs)
             watch._branches.add(b)
+            watch._made_ids.add(id(b))
             watch.made["branches"] += 1
+
+        uac_init = LocalUac.__init__
+
+        def watched_uac_init(uac: LocalUac, *args: Any, **kwargs: Any) -> None:
+            uac_init(uac, *args, **kwargs)
+            watch._uacs.add(uac)
+            watch._made_ids.add(id(uac))
+            watch.made["local_uacs"] += 1
 
         make_record = logging.getLogRecordFactory()
 
@@ -196,6 +340,7 @@ class Watch:
         def watched_core_init(core: ProxyCore, *args: Any, **kwargs: Any) -> None:
             core_init(core, *args, **kwargs)
             watch._cores.add(core)
+            watch._made_ids.add(id(core))
 
         async def watched_run_op(core: ProxyCore, ctx: MsgContext, op: Any) -> Any:
             watch.ops["started"] += 1
@@ -212,7 +357,8 @@ class Watch:
                               (ProxyCore, "__init__", watched_core_init),
                               (ServerTx, "__init__", watched_tx_init),
                               (ServerTx, "_send_upstream", watched_send_upstream),
-                              (Branch, "__init__", watched_branch_init)):
+                              (Branch, "__init__", watched_branch_init),
+                              (LocalUac, "__init__", watched_uac_init)):
             self._saved.append((cls, name, cls.__dict__[name]))
             setattr(cls, name, fn)
         return self
@@ -232,6 +378,45 @@ class Watch:
         is frozen, ``gc.freeze``, until the watch ends)."""
         gc.collect()
         return {"transactions": len(self._tx), "branches": len(self._branches)}
+
+    def leaks(self, show: int = 5) -> list[str]:
+        """What was made while watching and is still in memory, after a garbage
+        collection: one sentence per object (at most ``show``; then how many more), naming
+        it and the chain of references that keeps it, from a root (a module global, a
+        local of a running coroutine or generator, a frame) down to it; "no root found"
+        when none is within ``_MAX_DEPTH`` references (something outside the objects the
+        collector tracks holds it). Empty when nothing is left: call it once the servers
+        are stopped and dropped. Finding the chains takes a few passes over the heap
+        (only done when something is left) and ends the freeze of what existed before
+        the watch (the later collections scan it all)."""
+        gc.collect()
+        kinds: list[tuple[str, type, list[object]]] = [
+            ("servers", ProxyCore, list(self._cores)),
+            ("transactions", ServerTx, list(self._tx)),
+            ("branches", Branch, list(self._branches)),
+            ("local UAC transactions", LocalUac, list(self._uacs))]
+        # the resurrected ones: made while watching, out of the weak sets, still here
+        # (what the collector tracks and is not frozen: what was made while watching)
+        known = {id(o) for _, _, objs in kinds for o in objs}
+        back = [o for o in gc.get_objects() if id(o) in self._made_ids and id(o) not in known]
+        for _, cls, objs in kinds:
+            objs += [o for o in back if isinstance(o, cls)]
+        del back
+        left: list[object] = [obj for _, _, objs in kinds for obj in objs]
+        if not left:
+            return []
+        # what holds them may be older than the watch: thaw it for the search, and leave
+        # it thawed (freezing again would freeze the leaked objects too, and a collection
+        # could no longer free them once released: the rest of the watch is slower)
+        gc.unfreeze()
+        paths = _paths_to(left[:show])
+        counts = ", ".join(f"{kind}: {len(objs)}" for kind, _, objs in kinds if objs)
+        out = [f"still in memory: {counts}"]
+        out += [f"{_describe(obj)} held by {paths.get(id(obj), 'no root found')}"
+                for obj in left[:show]]
+        if len(left) > show:
+            out.append(f"... and {len(left) - show} more")
+        return out
 
     def servers_alive(self) -> int:
         """Servers (their ProxyCore) made while watching and still in memory, after a
