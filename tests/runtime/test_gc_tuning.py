@@ -40,5 +40,5 @@ def test_zero_keeps_pythons_threshold(restore_gc: None) -> None:
 
 def test_the_default_and_the_bounds() -> None:
     assert load_config(None).core.gc_threshold == 50000
-    with pytest.raises(ConfigError, match="core.gc_threshold"):
+    with pytest.raises(ConfigError, match=r"core\.gc_threshold"):
         load_config(None, overrides=["core.gc_threshold=-1"])
