@@ -434,6 +434,78 @@ def test_context_is_restored_after_a_nested_step(engine_name: str) -> None:
     assert e.ctx is None
 
 
+def test_method_tests_answered_in_lua_follow_the_running_message(engine_name: str) -> None:
+    # KSR.is_INVITE()/is_method_in() are answered in Lua from the method the engine passes
+    # when a route starts (Export.lua_fast): a nested route on another message, and a
+    # route resumed after a wait, each see their own message's method
+    holder: list[ScriptEngine] = []
+    reply = make_ctx(REPLY, RouteType.ONREPLY)
+    bye = make_ctx(INVITE.replace(b"INVITE", b"BYE"))
+    t = ModuleBuilder("n", "nesting")
+    seen: list[Any] = []
+
+    @t.export()
+    def nested(ctx: MsgContext) -> int:
+        e = holder[0]
+        step = e.start(e.function("inner_route"), bye)
+        seen.append(step.value)
+        return 1
+
+    e = new_engine(engine_name, [*builtin_modules(), t.build(), _async_module()])
+    holder.append(e)
+    e.load_string("function inner_route() return {KSR.is_BYE(), KSR.is_INVITE(), "
+                  "KSR.is_method_in('b')} end")
+    e.load_string("function outer() local a = {KSR.is_INVITE(), KSR.is_method_in('IB')} "
+                  "KSR.n.nested() "
+                  "local b = {KSR.is_INVITE(), KSR.is_BYE(), KSR.is_method_in('xb')} "
+                  "KSR.t.wait(1) "
+                  "return {a[1], a[2], b[1], b[2], b[3], KSR.is_INVITE(), KSR.is_method_in('i')} "
+                  "end")
+    inv = make_ctx()
+    step = e.start(e.function("outer"), inv)
+    assert step.yielded
+    # another route runs on a reply while the first one waits (an INVITE reply: CSeq method)
+    e.load_string("function on_reply() return {KSR.is_INVITE(), KSR.is_BYE(), "
+                  "KSR.is_method_in('IC')} end")
+    on_reply = e.start(e.function("on_reply"), reply)
+    assert list(on_reply.value.values()) == [True, False, True]
+    done = e.resume(step.co_id, inv, 1)
+    assert done.done, done.traceback or done.value
+    assert list(done.value.values()) == [True, True, True, False, False, True, True]
+    assert list(seen[0].values()) == [True, False, True]
+
+
+def test_method_tests_outside_a_route_or_with_bad_arguments_defer_to_python(
+        engine: ScriptEngine) -> None:
+    with pytest.raises(Exception, match=r"KSR\.is_INVITE: called outside of a route"):
+        engine.load_string("local x = KSR.is_INVITE()")
+    step = run(engine, "return KSR.is_INVITE(1)")
+    assert step.failed and "KSR.is_INVITE: expects 0 argument(s), got 1" in step.value
+    step = run(engine, "return KSR.is_method_in()")
+    assert step.failed and "KSR.is_method_in: expects 1 argument(s), got 0" in step.value
+    # a number is converted to a string by the Python export, as before: no such letter
+    assert lua_value(engine, "KSR.is_method_in(1)") is False
+    assert lua_value(engine, "KSR.is_method_in('')") is False
+    assert lua_value(engine, "KSR.is_method_in('zzI')") is True
+
+
+def test_fast_wrappers_agree_with_the_checked_path(engine: ScriptEngine) -> None:
+    # the specialised wrappers (no, one or two int/str params) pass exact-type calls
+    # straight through; anything else takes the checked path with its conversions and
+    # errors: both must give what the checked path gives
+    ctx = make_ctx()
+    assert lua_value(engine, "KSR.pv.get('$rm')", ctx) == "INVITE"
+    assert lua_value(engine, "KSR.setflag(3)", ctx) is True
+    assert lua_value(engine, "KSR.isflagset('3')", ctx) is True  # numeric string
+    assert lua_value(engine, "KSR.isflagset(3.0)", ctx) is True  # integral float
+    assert lua_value(engine, "KSR.pv.get(7)", ctx) is None  # "7": not a PV, logged
+    step = run(engine, "return KSR.sanity.sanity_check(1, 'x')", ctx)
+    assert step.failed and "argument 2 must be an integer" in step.value
+    step = run(engine, "return KSR.sanity.sanity_check(1)", ctx)
+    assert step.failed and "expects 2 argument(s), got 1" in step.value
+    assert lua_value(engine, "KSR.sanity.sanity_check(2, 0)", ctx) == 1
+
+
 # -- end to end ---------------------------------------------------------------------------------
 
 

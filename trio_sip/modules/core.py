@@ -37,7 +37,10 @@ def _is_method(name: str) -> None:
 
     fn.__name__ = f"is_{name}"
     fn.__doc__ = f"True if the message is a {name} request (or a reply to one)."
-    core.export(ret="bool")(fn)
+    # answered in Lua from the method the engine passes when the route starts (the same
+    # _method() value); a call with arguments defers to the Python export (an error)
+    fast = f'function(m, ...) if select("#", ...) == 0 then return m == "{name}" end end'
+    core.export(ret="bool", lua_fast=fast)(fn)
 
 
 for _m in ("INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "SUBSCRIBE", "PUBLISH",
@@ -54,7 +57,21 @@ def is_method(ctx: MsgContext, name: str) -> bool:
     return any(m == n.strip().upper() for n in name.split("|")) if name else False
 
 
-@core.export(("str",), ret="bool")
+# is_method_in in Lua: each letter's byte (either case) to its method, for a string
+# argument; anything else (a number, nil, extra arguments) defers to the Python export
+_IS_METHOD_IN_FAST = (
+    "(function() local M = {"
+    + ", ".join(f"[{ord(k)}] = '{v}', [{ord(k.lower())}] = '{v}'"
+                for k, v in _METHOD_LETTERS.items())
+    + "} local byte = string.byte "
+    "return function(m, letters, ...) "
+    "if type(letters) ~= 'string' or select('#', ...) ~= 0 then return nil end "
+    "for i = 1, #letters do if M[byte(letters, i)] == m then return true end end "
+    "return false end end)()"
+)
+
+
+@core.export(("str",), ret="bool", lua_fast=_IS_METHOD_IN_FAST)
 def is_method_in(ctx: MsgContext, letters: str) -> bool:
     """True if the method is one of the letters: I A B C R M O S P N U (K G T V D F E);
     lower case letters too, as in Kamailio."""

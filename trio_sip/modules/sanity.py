@@ -62,7 +62,7 @@ def _check(ctx: MsgContext, mflags: int, uflags: int) -> int:
                     parse_uint_untrusted(exp, "Expires", 2**32 - 1)
             except BadMessage as exc:
                 return _fail(ctx, 400, "Bad Expires Header", exc.reason)
-        if mflags & 512:
+        if mflags & 512 and msg.has("proxy-require"):  # (most requests have none)
             tags = [t.strip() for v in msg.get_all("proxy-require") for t in v.split(",")]
             tags = [t for t in tags if t]
             if tags:
@@ -72,10 +72,12 @@ def _check(ctx: MsgContext, mflags: int, uflags: int) -> int:
             try:
                 if uflags & 1:
                     _ = req.ruri
+                # the tags parse From/To if not done yet (BadMessage if they do not parse)
+                # without copying the parser's shared parse, as .from_/.to do
                 if uflags & 2:
-                    _ = msg.from_
+                    _ = msg.from_tag
                 if uflags & 4:
-                    _ = msg.to
+                    _ = msg.to_tag
                 if uflags & 8 and req.method in ("INVITE", "REGISTER", "SUBSCRIBE", "REFER"):
                     msg.contacts()
             except BadMessage as exc:

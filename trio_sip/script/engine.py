@@ -60,32 +60,57 @@ FAILED: Final = -1
 # (code, values...) and keeps suspended coroutines in ``cos``.
 _DRIVER: Final = r"""
 local cos = {}
+-- the method of the message of each suspended coroutine, and of the running route
+-- (nil outside a route): the Lua fast paths of method tests (Export.lua_fast) read it
+local co_method = {}
+local cur_method = nil
 local create, resume, status = coroutine.create, coroutine.resume, coroutine.status
 local traceback, tostring = debug.traceback, tostring
 local EXIT = "~~ksr~exit~~"
-local function finish(id, co, ok, a, ...)
+local function finish(id, co, prev, ok, a, ...)
+  local method = cur_method
+  cur_method = prev
   if not ok then
-    cos[id] = nil
+    cos[id] = nil; co_method[id] = nil
     if a == EXIT then return 0, nil end
     return -1, tostring(a), traceback(co, tostring(a))
   end
-  if status(co) == "dead" then cos[id] = nil; return 0, a end
-  cos[id] = co
+  if status(co) == "dead" then cos[id] = nil; co_method[id] = nil; return 0, a end
+  cos[id] = co; co_method[id] = method
   return 1, a, ...
 end
-function tsip_start(id, fn, ...)
+function tsip_start(id, fn, method, ...)
   local co = create(fn)
-  return finish(id, co, resume(co, ...))
+  local prev = cur_method
+  cur_method = method
+  return finish(id, co, prev, resume(co, ...))
 end
 function tsip_resume(id, ...)
   local co = cos[id]
   if co == nil then return -1, "coroutine is gone", "" end
-  return finish(id, co, resume(co, ...))
+  local prev = cur_method
+  cur_method = co_method[id]
+  return finish(id, co, prev, resume(co, ...))
+end
+-- KSR.<export> with a Lua fast path: fast(method, ...) answers unless it returns nil
+function tsip_fast(fast, py)
+  return function(...)
+    if cur_method ~= nil then
+      local r = fast(cur_method, ...)
+      if r ~= nil then return r end
+    end
+    return py(...)
+  end
 end
 function tsip_abandon(id)
   local co = cos[id]
-  cos[id] = nil
+  cos[id] = nil; co_method[id] = nil
   if co ~= nil and coroutine.close ~= nil then coroutine.close(co) end
+end
+function tsip_function(name)
+  local f = _G[name]
+  if type(f) == "function" then return f end
+  return nil
 end
 function tsip_pending()
   local n = 0
@@ -116,9 +141,11 @@ class ScriptLoadError(ScriptError):
     """The routes file could not be loaded; the message carries file:line."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Step:
-    """The outcome of running a coroutine until it finished, failed or yielded."""
+    """The outcome of running a coroutine until it finished, failed or yielded
+    (read-only by convention: not ``frozen``, whose ``__init__`` costs three times
+    as much, and one is made per route step)."""
 
     code: int
     value: Any = None
@@ -176,6 +203,7 @@ class ScriptEngine:
         self._resume: Callable[..., Any] = g.tsip_resume
         self._abandon: Callable[..., Any] = g.tsip_abandon
         self._pending: Callable[..., Any] = g.tsip_pending
+        self._function: Callable[[str], Any] = g.tsip_function
         g.tsip_log = self._lua_log
         self._log_on = g.tsip_log_on
         self.sync_log_levels()
@@ -230,6 +258,8 @@ class ScriptEngine:
         if export.lua is not None:
             return self.lua.eval(export.lua)
         wrapper = _make_wrapper(self, qual, export)
+        if export.lua_fast is not None and not export.is_async:
+            return self.lua.globals().tsip_fast(self.lua.eval(export.lua_fast), wrapper)
         if export.is_async:
             # The Python side validates the arguments and returns the operation to await;
             # the Lua side yields it to the driver, which resumes us with the result.
@@ -270,11 +300,10 @@ class ScriptEngine:
             raise ScriptLoadError(str(err))
 
     def function(self, name: str) -> Any | None:
-        """A global Lua function by name, or None."""
-        f = self.lua.globals()[name]
-        if f is None or self.lua.globals().type(f) != "function":
-            return None
-        return f
+        """A global Lua function by name, or None. Looked up at each call (one crossing
+        into Lua, no caching), so a route that (re)defines a global function is seen at
+        once, as in Kamailio's app_lua."""
+        return self._function(name)
 
     # -- running routes -----------------------------------------------------------
 
@@ -284,12 +313,20 @@ class ScriptEngine:
         co_id = next(self._ids)
         prev = self.ctx
         self.ctx = ctx
-        if ctx is not None and ctx.engine is None:
-            ctx.engine = self
+        method = None
+        if ctx is not None:
+            if ctx.engine is None:
+                ctx.engine = self
+            msg = ctx.msg
+            if msg is not None:  # (a message-less context in tests and MI calls)
+                method = getattr(msg, "method" if msg.is_request else "cseq_method", None)
         try:
-            res = self._start(co_id, fn, *args)
+            res = self._start(co_id, fn, method, *args)
         finally:
             self.ctx = prev
+        # the usual outcome, inline: the driver returns (0, value) for a finished route
+        if res.__class__ is tuple and len(res) == 2 and res[0] == DONE:
+            return Step(DONE, res[1], "", co_id)
         step = _step(res, co_id)
         if step.code == YIELDED:
             self._owners[co_id] = self
@@ -400,6 +437,16 @@ _bits_and = int.__and__
 
 
 def _make_wrapper(engine: ScriptEngine, qual: str, export: Export) -> Callable[..., Any]:
+    """The Python callable behind one ``KSR.*`` function: checks the route type, the
+    argument count and types (converting numbers and strings as Kamailio does), calls the
+    export with the current context and maps a ``bool`` export's result to true/false.
+
+    Every KSR call of every route runs through this, so there are two layers: a fast
+    path specialised at registration for the common shapes (no parameter, or one or two
+    mandatory ``int``/``str`` parameters, called with exactly those Lua types in an
+    allowed route), and the general ``checked`` path, which does all the checking and
+    conversion and produces the error messages. The fast path only accepts calls that
+    ``checked`` would pass through unchanged, so both give the same results."""
     func = export.func
     allowed = export.routes
     # int.__and__ directly: ``ctx.route_type & allowed`` on the IntFlag builds a new enum
@@ -420,7 +467,7 @@ def _make_wrapper(engine: ScriptEngine, qual: str, export: Export) -> Callable[.
             f"{qual}: not allowed in {ctx.route_type.label} (allowed in {allowed.label})"
         )
 
-    def wrapper(*args: Any) -> Any:
+    def checked(*args: Any) -> Any:
         ctx = engine.ctx
         if ctx is None or not _bits_and(allowed_bits, ctx.route_type):
             ctx = check_route(ctx)
@@ -445,6 +492,50 @@ def _make_wrapper(engine: ScriptEngine, qual: str, export: Export) -> Callable[.
         if bool_ret and not isinstance(result, bool):
             return result is not None and result > 0  # KEMI: >0 is true
         return result
+
+    wrapper = checked
+    simple = required == nparams and all(p in ("int", "str") for p in params)
+    # a non-bool export's result goes back as it is; a bool export's result is passed
+    # through ``checked`` only when it is not already a bool (rare: most return bools)
+    if simple and nparams == 0:
+        if bool_ret:
+            def wrapper(*args: Any) -> Any:
+                ctx = engine.ctx
+                if args or ctx is None or not _bits_and(allowed_bits, ctx.route_type):
+                    return checked(*args)
+                r = func(ctx)
+                return r if r.__class__ is bool else r is not None and r > 0
+        else:
+            def wrapper(*args: Any) -> Any:
+                ctx = engine.ctx
+                if args or ctx is None or not _bits_and(allowed_bits, ctx.route_type):
+                    return checked(*args)
+                return func(ctx)
+    elif simple and nparams == 1:
+        t0 = int if params[0] == "int" else str
+
+        def wrapper(*args: Any) -> Any:
+            ctx = engine.ctx
+            if (len(args) != 1 or args[0].__class__ is not t0 or ctx is None
+                    or not _bits_and(allowed_bits, ctx.route_type)):
+                return checked(*args)
+            r = func(ctx, args[0])
+            if bool_ret and r.__class__ is not bool:
+                return r is not None and r > 0
+            return r
+    elif simple and nparams == 2:
+        t0 = int if params[0] == "int" else str
+        t1 = int if params[1] == "int" else str
+
+        def wrapper(*args: Any) -> Any:
+            ctx = engine.ctx
+            if (len(args) != 2 or args[0].__class__ is not t0 or args[1].__class__ is not t1
+                    or ctx is None or not _bits_and(allowed_bits, ctx.route_type)):
+                return checked(*args)
+            r = func(ctx, *args)
+            if bool_ret and r.__class__ is not bool:
+                return r is not None and r > 0
+            return r
 
     wrapper.__qualname__ = qual
     return wrapper

@@ -132,6 +132,12 @@ class Export:
     #: implemented in Lua (the function is Lua source text), e.g. KSR.x.exit
     lua: str | None = None
     doc: str = ""
+    #: an optional Lua fast path, ``function(method, ...)``: called with the method of
+    #: the message the running route works on (the CSeq method for a reply) and the
+    #: call's arguments; what it returns is the result, unless it is nil, in which case
+    #: the Python export runs as usual (also whenever no route is running). For the
+    #: frequent method tests (KSR.is_INVITE()...): no crossing into Python at all.
+    lua_fast: str | None = None
 
     @property
     def required(self) -> int:
@@ -233,12 +239,13 @@ class ModuleBuilder:
         min_args: int | None = None,
         name: str | None = None,
         is_async: bool = False,
+        lua_fast: str | None = None,
     ) -> Callable[[F], F]:
         def deco(func: F) -> F:
             doc = (func.__doc__ or "").strip()
             self._exports.append(
                 Export(name or func.__name__, func, params, min_args, ret, routes, is_async,
-                       None, doc)
+                       None, doc, lua_fast)
             )
             return func
 
@@ -250,7 +257,7 @@ class ModuleBuilder:
             if e.name == of:
                 self._exports.append(
                     Export(name, e.func, e.params, e.min_args, e.ret, e.routes, e.is_async,
-                           e.lua, f"Alias of {of}(). " + e.doc)
+                           e.lua, f"Alias of {of}(). " + e.doc, e.lua_fast)
                 )
                 return
         raise KeyError(of)
