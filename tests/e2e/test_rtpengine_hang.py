@@ -80,6 +80,9 @@ class Figures:
     options_rtt: list[float] = field(default_factory=list)  # answered ones, seconds
     invite_status: dict[int, int] = field(default_factory=dict)  # index -> status
     invite_rtt: dict[int, float] = field(default_factory=dict)
+    #: when the first INVITE of the burst was sent, and when each was answered (monotonic)
+    first_invite_sent: float = math.inf
+    invite_answered_at: dict[int, float] = field(default_factory=dict)
 
     @property
     def options_unanswered(self) -> int:
@@ -195,10 +198,12 @@ async def measure(name: str, port: int) -> Figures:
                 if i not in fig.invite_status:
                     fig.invite_status[i] = status
                     fig.invite_rtt[i] = now - inv_sent[i]
+                    fig.invite_answered_at[i] = now
                     check_done()
 
         async def send_invites() -> None:
             await trio.sleep(INVITES_AT_S)
+            fig.first_invite_sent = time.monotonic()
             for i in range(INVITES):
                 inv_sent[i] = time.monotonic()
                 await isock.sendto(_request("INVITE", port, iport, f"inv-{tag}-{i}", 1,
@@ -299,9 +304,15 @@ async def test_hung_rtpengine_stalls_nothing(tmp_path: Path) -> None:
 
     assert len(ours.invite_status) == INVITES, ours.describe()
     assert all(s >= 500 for s in ours.invite_status.values()), ours.describe()
-    # each failure comes after tout_ms*retr (not at once, not much later)
-    assert all(HANG_S * 0.9 <= t <= HANG_S + 1.0 for t in ours.invite_rtt.values()), \
-        ours.describe()
+    # the failures come after tout_ms*retr (not at once, not much later): the first
+    # request to the hung node gives up after tout_ms*retr and disables the node, and the
+    # requests still in flight to it then move on at once (Kamailio does the same), so
+    # none fails before tout_ms*retr from the start of the burst; an INVITE sent later in
+    # the burst (the burst takes a while on a loaded machine: the client shares the
+    # process with the server) may take less than that from its own send
+    first_failure = min(ours.invite_answered_at.values()) - ours.first_invite_sent
+    assert first_failure >= HANG_S * 0.9, (first_failure, ours.describe())
+    assert all(t <= HANG_S + 1.0 for t in ours.invite_rtt.values()), ours.describe()
     assert ours.options_sent >= 0.8 * OPTIONS_FOR_S / OPTIONS_EVERY_S
     assert ours.options_unanswered == 0, ours.describe()
     assert ours.worst < WORST_OPTIONS_S, ours.describe()
