@@ -29,11 +29,7 @@ def _get(ctx: MsgContext, name: str) -> Any:
 @m.export(("str",), ret="xval")
 def get(ctx: MsgContext, name: str) -> Any:
     """The value of a PV: string, integer, or nil when null."""
-    try:  # _get() inlined: the most frequent KSR call with a string argument
-        return pv.get(ctx, name)
-    except pv.PvError as exc:
-        log.error("KSR.pv: %s", exc)
-        return None
+    return _get(ctx, name)
 
 
 @m.export(("str",), ret="xval")
