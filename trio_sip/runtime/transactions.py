@@ -84,7 +84,6 @@ from ..script.exports import RouteType
 from ..script.ops import AsyncOp
 from ..sip.errors import BadMessage
 from ..sip.message import SipRequest, SipResponse
-from ..sip.parser import parse_message_untrusted
 from ..sip.reply import build_reply, generated_to_tag, reason_phrase
 from ..sip.uri import URI, parse_uri_untrusted
 from ..transaction import (
@@ -102,6 +101,7 @@ from ..transaction import (
     build_cancel,
 )
 from ..transaction.actions import Action
+from ..transaction.builders import parse_sent_invite
 from ..transaction.matching import (
     AnyServerKey,
     ClientKey,
@@ -568,12 +568,7 @@ class ServerTx:
                 return True
             event = self._next_event()
             if event is None:
-                if timed_out and len(self.inbox):
-                    # the last pass served deadlines: take what is queued before the
-                    # next deadline, however overdue, so timers cannot starve the inbox
-                    event = self.inbox.get_nowait()
-                else:
-                    event = await self.inbox.get(deadline)
+                event = await self._wait(deadline, timed_out)
             now = trio.current_time()
             timed_out = event is None
             try:
@@ -592,6 +587,14 @@ class ServerTx:
                 layer.stats["tx_errors"] += 1
                 if not self.final_status:
                     self.reply_local(500, "Server Internal Error")
+
+    async def _wait(self, deadline: float, timed_out: bool) -> object | None:
+        """The next event from the inbox, or None at ``deadline``. After a pass that
+        served deadlines (``timed_out``), what is queued is taken first, however overdue
+        the next deadline: timers cannot starve the inbox."""
+        if timed_out and len(self.inbox):
+            return self.inbox.get_nowait()
+        return await self.inbox.get(deadline)
 
     async def _prepare_branches(self) -> float:
         """What the driven branches do before a wait (new timers, CANCELs); ends those
@@ -659,10 +662,7 @@ class ServerTx:
         while True:
             deadline = await self._prepare_branches()
             await self.layer.core.flush(self.ctx)
-            if timed_out and len(self.inbox):
-                event = self.inbox.get_nowait()
-            else:
-                event = await self.inbox.get(deadline)
+            event = await self._wait(deadline, timed_out)
             now = trio.current_time()
             timed_out = event is None
             if event is None:
@@ -1494,13 +1494,7 @@ class _EndedBranch:
 
     def sent_request(self) -> SipRequest:
         """The INVITE as sent, parsed (ValueError if it does not parse: it always does)."""
-        try:
-            msg = parse_message_untrusted(self.data)
-        except BadMessage as exc:
-            raise ValueError(f"the INVITE sent does not parse: {exc}") from exc
-        if not isinstance(msg, SipRequest):
-            raise ValueError("the bytes sent are not a request")
-        return msg
+        return parse_sent_invite(self.data)
 
 
 @dataclass

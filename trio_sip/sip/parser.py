@@ -162,13 +162,18 @@ def clear_parse_caches() -> None:
     uri._URI_CACHE.clear()
 
 
+def _bad_header_line(line: str) -> BadMessage:
+    """What is wrong with a header line whose name did not match."""
+    colon = line.find(":")
+    if colon < 0:
+        return BadMessage(f"header line without a colon: {line[:60]!r}")
+    return BadMessage(f"bad header name: {line[:colon].rstrip(_WS)[:60]!r}")
+
+
 def _header_name_untrusted(line: str) -> tuple[str, str]:
     m = _HEADER_NAME_RE.match(line)
     if m is None:
-        colon = line.find(":")
-        if colon < 0:
-            raise BadMessage(f"header line without a colon: {line[:60]!r}")
-        raise BadMessage(f"bad header name: {line[:colon].rstrip(_WS)[:60]!r}")
+        raise _bad_header_line(line)
     name = m.group(1)
     nk = (name, header_key(name))
     if len(_NAMES) < 1024:
@@ -201,10 +206,7 @@ def _split_folded_headers_untrusted(text: str, pos: int) -> list[Header]:
             folded = True
         m = name_match(line)
         if m is None:
-            colon = line.find(":")
-            if colon < 0:
-                raise BadMessage(f"header line without a colon: {line[:60]!r}")
-            raise BadMessage(f"bad header name: {line[:colon].rstrip(_WS)[:60]!r}")
+            raise _bad_header_line(line)
         name = m.group(1)
         value_at = m.end()
         raw_value = line[value_at:]

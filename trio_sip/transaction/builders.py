@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..sip.errors import BadMessage
 from ..sip.headers import parse_via_list_untrusted
 from ..sip.message import SipRequest, SipResponse
+from ..sip.parser import parse_message_untrusted
 
 
 def _top_via_parm(invite: SipRequest) -> str:
@@ -86,3 +88,16 @@ def build_cancel(invite: SipRequest, extra_headers: Iterable[str] = ()) -> bytes
     if invite.method != "INVITE":
         raise ValueError(f"only an INVITE is cancelled, not {invite.method}")
     return _build(invite, "CANCEL", _first(invite, "to"), extra_headers)
+
+
+def parse_sent_invite(data: bytes) -> SipRequest:
+    """The INVITE a client transaction sent (its bytes), parsed again to build its ACK or
+    CANCEL from it. ValueError if the bytes are not a request (they always are: we
+    made them)."""
+    try:
+        msg = parse_message_untrusted(data)
+    except BadMessage as exc:
+        raise ValueError(f"the INVITE bytes sent do not parse: {exc}") from exc
+    if not isinstance(msg, SipRequest):
+        raise ValueError("the bytes sent are not a request")
+    return msg

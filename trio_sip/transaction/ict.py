@@ -29,12 +29,10 @@ from __future__ import annotations
 from enum import auto
 from typing import Final
 
-from ..sip.errors import BadMessage
 from ..sip.message import SipRequest, SipResponse
-from ..sip.parser import parse_message_untrusted
 from ._machine import FastEnum, TransactionMachine
 from .actions import Action, PassUp, TimedOut, TransportFailed
-from .builders import build_ack, build_cancel
+from .builders import build_ack, build_cancel, parse_sent_invite
 from .timers import TimerConfig
 
 
@@ -249,11 +247,5 @@ class ClientInviteTransaction(TransactionMachine[ICTState, ICTInput]):
 
     def _sent_request(self) -> SipRequest:
         if self._sent is None:
-            try:
-                msg = parse_message_untrusted(self.data)
-            except BadMessage as exc:
-                raise ValueError(f"the INVITE bytes given to the transaction do not parse: {exc}") from exc
-            if not isinstance(msg, SipRequest):
-                raise ValueError("the bytes given to an INVITE client transaction are not a request")
-            self._sent = msg
+            self._sent = parse_sent_invite(self.data)
         return self._sent
