@@ -204,7 +204,7 @@ class Branch:
         """Called by the dispatcher (any task): queue a matched response for whichever
         task drives this branch (its server transaction's, or its own)."""
         if self._driven:
-            ok = self.tx.post(BranchResponse(self, resp))
+            ok = self.tx.post(BranchResponse(self, resp), count=False)
         else:
             ok = self._mailbox is not None and self._mailbox.put(resp)
         if not ok:
@@ -299,7 +299,8 @@ class Branch:
         """Whether ``prepare`` has more to do than check that the branch goes on: for an
         owner that keeps lingering branches (a server transaction), ``prepare()`` is
         ``not self.machine.terminated`` when this is False."""
-        return self._new_timers is not None or (self.cancel_requested and not self.cancel_sent)
+        return self._new_timers is not None or (
+            self.cancel_requested and not self.cancel_sent and self.method == "INVITE")
 
     def deadline(self) -> float:
         """When ``timeout`` has something to do."""

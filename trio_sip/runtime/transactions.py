@@ -306,12 +306,14 @@ class ServerTx:
 
     # -- events -----------------------------------------------------------------
 
-    def post(self, event: object) -> bool:
+    def post(self, event: object, *, count: bool = True) -> bool:
         """Queue an event for the task (False: the inbox is full, the event is dropped
-        and counted)."""
+        and counted in events_dropped, unless the caller counts it: a response is
+        counted in rpl_dropped by Branch.deliver)."""
         if self.inbox.put(event):
             return True
-        self.layer.stats["events_dropped"] += 1
+        if count:
+            self.layer.stats["events_dropped"] += 1
         return False
 
     def wake(self) -> None:
