@@ -180,6 +180,27 @@ def test_handed_out_objects_are_private() -> None:
     assert not req2.ruri.has_param("lr")
 
 
+def test_read_only_views_follow_the_message() -> None:
+    """from_view/to_view/ruri_view/routes_view read what from_/to/ruri/routes give,
+    and follow the message's own copy once it was changed."""
+    resp = parse_message_untrusted(RESPONSE)
+    assert _na(resp.from_view) == _na(resp.from_) and _na(resp.to_view) == _na(resp.to)
+    resp.from_.params.append(("changed", None))  # the own copy: the view follows it
+    assert resp.from_view is resp.from_
+    req = parse_message_untrusted(INVITE)
+    assert isinstance(req, SipRequest)
+    assert str(req.ruri_view) == str(req.ruri)
+    req.new_uri = "sip:carol@example.com;lr"
+    assert str(req.ruri_view) == str(req.ruri) == "sip:carol@example.com;lr"
+    routed = parse_message_untrusted(
+        INVITE.replace(b"\r\nVia:", b"\r\nRoute: <sip:a.example.com;lr>,\r\n "
+                       b"<sip:b.example.com>;x=1\r\nRoute: <sip:c.example.com>\r\nVia:", 1))
+    assert [(i, _na(na)) for i, na in routed.routes_view()] == [
+        (i, _na(na)) for i, na in routed.routes()]
+    assert len(routed.routes_view()) == len(parse_message_untrusted(INVITE).routes()) + 3
+    assert resp.routes_view() == [] and resp.routes_view("record-route") != []
+
+
 def test_bad_input_still_rejected_after_good_input_of_the_same_shape() -> None:
     parse_via_list_untrusted("SIP/2.0/UDP host.example.com:5060;branch=z9hG4bK1")
     # same head, bad parameters; and a head that only differs after the cached prefix

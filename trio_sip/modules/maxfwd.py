@@ -14,6 +14,7 @@ import logging
 
 from ..script.context import MsgContext
 from ..script.exports import REQUEST_ROUTES, ModuleBuilder, RouteType
+from ..sip.message import Header
 
 log = logging.getLogger("trio_sip.script")
 
@@ -23,10 +24,11 @@ MAX_LIMIT = 70
 _ROUTES = RouteType.REQUEST | RouteType.FAILURE | RouteType.BRANCH
 
 
-def _current(ctx: MsgContext) -> tuple[int, int] | None:
-    for i, h in ctx.msg.find("max-forwards"):
-        return i, int(h.text)
-    return None
+def _current(ctx: MsgContext) -> tuple[Header, int] | None:
+    # the first Max-Forwards by the parser's first-of-each-name table (a dict lookup,
+    # no scan of the headers): this runs for every request
+    h = ctx.msg.first_header("max-forwards")
+    return None if h is None else (h, int(h.text))
 
 
 @m.export(("int",), routes=_ROUTES)
@@ -39,10 +41,10 @@ def process_maxfwd(ctx: MsgContext, limit: int) -> int:
     if cur is None:
         ctx.msg.insert_header_first(f"Max-Forwards: {limit}")
         return 2
-    idx, value = cur
+    h, value = cur
     if value == 0:
         return -1
-    ctx.msg.replace_header_value(idx, str(min(value - 1, MAX_LIMIT)))
+    ctx.msg.replace_value_of(h, str(min(value - 1, MAX_LIMIT)))
     return 1
 
 

@@ -199,9 +199,10 @@ def loose_route(req: SipRequest, is_myself: IsMyself) -> LooseRouteResult:
        the current Request-URI is appended as the last Route (§16.12).
     Returns code -1 when there is no Route header at all.
     """
-    routes = req.routes("route")
+    # the shared parses: only read here (str(), .uri); each copy cost ~1 us per entry
+    routes = req.routes_view("route")
     result = LooseRouteResult(-1, [], [])
-    ruri = req.ruri
+    ruri = req.ruri_view
     if ruri.is_sip and is_myself(ruri.host_bare, ruri.port, ruri.transport) and routes:
         # A strict router upstream put our Record-Route URI in the R-URI.
         last = routes[-1]
@@ -220,7 +221,7 @@ def loose_route(req: SipRequest, is_myself: IsMyself) -> LooseRouteResult:
             consumed.append((idx, na))
             if result.consumed_params is None:
                 result.consumed_params = "".join(
-                    f";{k}" if v is None else f";{k}={v}" for k, v in u.params
+                    [f";{k}" if v is None else f";{k}={v}" for k, v in u.params]
                 )
             i += 1
         else:
@@ -246,6 +247,12 @@ def _consume(
 ) -> None:
     """Record the removal of ``gone`` Route entries: whole header lines where every entry
     of the line goes, a rewritten value where some entries of the line stay."""
+    if not keep:  # the usual case (our one Route consumed): whole lines only
+        remove = result.remove_headers
+        for idx, _ in gone:
+            if idx not in remove:
+                remove.append(idx)
+        return
     gone_by_line: dict[int, int] = {}
     for idx, _ in gone:
         gone_by_line[idx] = gone_by_line.get(idx, 0) + 1

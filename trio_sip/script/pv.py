@@ -112,8 +112,9 @@ def _req(ctx: MsgContext) -> SipRequest | None:
 
 
 def _ruri(ctx: MsgContext) -> URI | None:
+    """The Request-URI for the getters, which only read it (no copy: ruri_view)."""
     req = _req(ctx)
-    return req.ruri if req is not None else None
+    return req.ruri_view if req is not None else None
 
 
 def _set_ruri_part(ctx: MsgContext, part: str, value: Any) -> None:
@@ -251,7 +252,8 @@ def _local(ctx: MsgContext, what: str) -> Any:
 
 def _na_part(which: str, part: str) -> Getter:
     def getter(ctx: MsgContext, _arg: str) -> Any:
-        na = ctx.msg.from_ if which == "from" else ctx.msg.to
+        # read only: the shared parse, no copy
+        na = ctx.msg.from_view if which == "from" else ctx.msg.to_view
         if part == "tag":
             return na.tag
         if part == "display":

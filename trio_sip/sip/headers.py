@@ -361,6 +361,18 @@ def parse_name_addr_list_untrusted(value: str, *, allow_wildcard: bool = False) 
     return out
 
 
+def shared_name_addr_list_untrusted(value: str) -> list[NameAddr]:
+    """As :func:`parse_name_addr_list_untrusted` (without the wildcard), but the entries
+    are the shared cached parses (:func:`shared_name_addr_untrusted`): read them, never
+    change them. For readers such as loose routing, which would copy every entry else."""
+    out: list[NameAddr] = []
+    for s, e in split_commas(value):
+        if _skip_ws(value, s, e) == e:
+            raise BadMessage("empty element in address list")
+        out.append(shared_name_addr_untrusted(value, s, e))
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Via
 # ---------------------------------------------------------------------------

@@ -40,8 +40,9 @@ from .headers import (
     parse_name_addr_list_untrusted,
     parse_name_addr_untrusted,
     parse_via_list_untrusted,
+    shared_name_addr_list_untrusted,
 )
-from .uri import URI, parse_uri_untrusted
+from .uri import URI, parse_uri_untrusted, shared_uri_untrusted
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -145,6 +146,15 @@ class SipMessage:
         h = self._first.get(header_key(name))
         return None if h is None else h.text
 
+    def first_header(self, key: str) -> Header | None:
+        """The first Header whose key (``header_key``: lower-case full name) is ``key``;
+        one dict lookup, for hot paths that know the key already."""
+        return self._first.get(key)
+
+    def replace_value_of(self, h: Header, value: str) -> None:
+        """As :meth:`replace_header_value`, for a Header of this message in hand."""
+        self._edit(h.value_start, h.end, b" " + value.encode("latin-1") + b"\r\n")
+
     def get_all(self, name: str) -> list[str]:
         key = header_key(name)
         return [h.text for h in self.headers if h.key == key]
@@ -188,6 +198,18 @@ class SipMessage:
         return self._to
 
     @property
+    def from_view(self) -> NameAddr:
+        """From for reading only: the shared cached parse (or the private copy when one
+        was made). Never change it: ``from_`` gives the message's own copy. Saves the
+        copy for the callers that only read (the PVs, tags)."""
+        return self._from or self._from_shared or self.from_
+
+    @property
+    def to_view(self) -> NameAddr:
+        """To for reading only (see :attr:`from_view`); ``to`` gives the own copy."""
+        return self._to or self._to_shared or self.to
+
+    @property
     def from_tag(self) -> str:
         na = self._from or self._from_shared or self.from_
         return na.tag or ""
@@ -214,6 +236,17 @@ class SipMessage:
         for i, h in enumerate(self.headers):
             if h.key == key:
                 out.extend((i, na) for na in parse_name_addr_list_untrusted(h.value))
+        return out
+
+    def routes_view(self, key: str = "route") -> list[tuple[int, NameAddr]]:
+        """As :meth:`routes`, but the addresses are the shared cached parses: read them,
+        never change them (loose routing only reads, and skips a copy per entry)."""
+        if key not in self._first:
+            return []
+        out: list[tuple[int, NameAddr]] = []
+        for i, h in enumerate(self.headers):
+            if h.key == key:
+                out.extend((i, na) for na in shared_name_addr_list_untrusted(h.value))
         return out
 
     # -- edits ----------------------------------------------------------------
@@ -370,6 +403,15 @@ class SipRequest(SipMessage):
             self._ruri = (shared.copy() if shared is not None
                           else parse_uri_untrusted(self.ruri_text))
         return self._ruri
+
+    @property
+    def ruri_view(self) -> URI:
+        """The current Request-URI for reading only: a shared cached parse (or the
+        message's own copy when one was made). Never change it; ``ruri`` gives a URI of
+        one's own. For readers such as loose routing, which would copy it else."""
+        if self.new_uri is not None:
+            return shared_uri_untrusted(self.new_uri)
+        return self._ruri or self._ruri_shared or self.ruri
 
     @property
     def current_uri(self) -> str:
