@@ -8,7 +8,7 @@ import pytest
 import trio
 from mi_helpers import PROXY, ROUTES_V, real_server, sim_server
 
-from trio_sip.mi.registry import INVALID_PARAMS, UNAVAILABLE, MiError
+from trio_sip.mi.registry import INVALID_PARAMS, UNAVAILABLE, MiError, add_module_stats
 from trio_sip.rtpengine.protocol import BadNgReply, decode_command_untrusted, encode_reply
 
 RELAY = """
@@ -65,6 +65,13 @@ async def test_statistics_groups_and_selectors(autojump_clock: Any, write_routes
         # a module can add its own group
         env.registry.add_stats_group("demo", lambda: {"x": 5})
         assert await env.call("stats.get_statistics", ["demo:"]) == ["demo:x = 5"]
+        # ... from its init hook, with its gauges (a core without MI gets nothing)
+        assert add_module_stats(env.server.core, "demo2", lambda: {"level": 3, "hits": 1},
+                                gauges=["level"])
+        assert await env.call("stats.get_statistics", ["demo2:"]) == [
+            "demo2:hits = 1", "demo2:level = 3"]
+        assert env.registry.stats_gauges()["demo2"] == frozenset({"level"})
+        assert not add_module_stats(object(), "demo3", lambda: {"x": 1})
 
 
 async def test_tm_stats_and_list(autojump_clock: Any, write_routes: Any) -> None:

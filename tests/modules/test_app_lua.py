@@ -123,6 +123,11 @@ async def test_mi_runstring(autojump_clock: Any, write_routes: Any) -> None:
         assert got == {"result": 'OPTIONS-x]]"'}
         got = await call("app_lua.runstring", ["KSR.async.ms_sleep(5) return 3"], server.mi)
         assert got == {"result": 3}
+        # the chunk runs on the faked OPTIONS, as timer routes do (Kamailio core/fmsg.c)
+        got = await call("app_lua.runstring",
+                         ["return KSR.corex.is_faked_msg() .. ' ' .. KSR.pv.get('$ci')"],
+                         server.mi)
+        assert got == {"result": "1 dummycallid"}
         from trio_sip.mi.registry import MiError
         with pytest.raises(MiError):
             await call("app_lua.runstring", {"code": "not lua"}, server.mi)

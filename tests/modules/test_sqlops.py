@@ -211,6 +211,7 @@ async def test_sqlite_codes_results_and_bound_values(autojump_clock: Any, write_
         await trio.sleep(1)
         stats = env.server.core.sqlops.statistics()
         assert stats["db:errors"] == 2 and stats["async_pending"] == 0
+        assert env.server.registry.stats_gauges()["sqlops"] == frozenset({"async_pending"})
     with sqlite3.connect(db) as conn:  # the file holds what the routes wrote
         assert list(conn.execute("SELECT id, name, n FROM users ORDER BY id")) == [
             (1, "alice", 99), (2, "bob'); DROP TABLE users; --", None), (3, "carol", None)]

@@ -104,6 +104,7 @@ end
         assert server.core.shv["ev"] == "uac:reply 200 1 p-c1 200 OK got it MESSAGE"
         stats = await server.registry.call("stats.get_statistics", ["uac:"], server.mi)  # type: ignore[union-attr]
         assert "uac:callbacks = 1" in stats and "uac:sent = 1" in stats
+        assert server.registry.stats_gauges()["uac"] == frozenset({"pending"})  # type: ignore[union-attr]
         nursery.cancel_scope.cancel()
 
 
@@ -261,6 +262,41 @@ async def test_mi_t_uac_start_wait_and_cancel(autojump_clock, write_routes) -> N
         with pytest.raises(MiError, match="bad From"):
             await reg.call("tm.t_uac_start", ["OPTIONS", f"sip:a@{UAS}", ".", ".",
                                               "From: <sip:broken"], mi)
+        nursery.cancel_scope.cancel()
+
+
+async def test_mi_t_uac_start_header_lines(autojump_clock, write_routes) -> None:
+    """tm.t_uac_start's headers follow the shared rules for caller-given header lines:
+    compact names, a folded line joined to its header, our own headers dropped; a bad
+    line is refused (400, naming it) and nothing is sent."""
+    async with SimNetwork(seed=16) as net, trio.open_nursery() as nursery:
+        server = await start_server(nursery, net, routes=write_routes(
+            "function ksr_request_route() end\n"))
+        reg, mi = server.registry, server.mi
+        assert reg is not None and mi is not None
+        uas = SimUA(net, UAS)
+        answer(uas, 200)
+        headers = ("f: <sip:op@trio.test>;tag=op2\nt: <sip:bob@trio.test>\ni: mi-fold\n"
+                   "Subject: a\r\n\tfolded line\r\nv: SIP/2.0/UDP 192.0.2.1\r\nl: 99\r\n")
+        started = await reg.call("tm.t_uac_start",
+                                 ["MESSAGE", f"sip:bob@{UAS}", ".", ".", headers], mi)
+        assert started["callid"] == "mi-fold"
+        req = (await uas.expect_request("MESSAGE")).msg
+        assert isinstance(req, SipRequest)
+        assert (req.from_tag, req.get("to"), req.get("subject")) == (
+            "op2", "<sip:bob@trio.test>", "a folded line")
+        assert "192.0.2.1" not in (req.get("via") or "") and req.get("content-length") == "0"
+        with pytest.raises(MiError) as info:
+            await reg.call("tm.t_uac_start", ["MESSAGE", f"sip:bob@{UAS}", ".", ".",
+                                              "X-A: 1\n folded\nno colon here"], mi)
+        assert info.value.code == -32602  # invalid params, as tm.reply answers them
+        assert info.value.message == ("Invalid params: bad header line 3 'no colon here': "
+                                      "no colon: it is not a 'Name: value' header line")
+        with pytest.raises(MiError, match="Invalid params: bad header line 1 ' X-A: 1'"):
+            await reg.call("tm.t_uac_start", ["MESSAGE", f"sip:bob@{UAS}", ".", ".",
+                                              " X-A: 1"], mi)
+        await trio.sleep(5)
+        assert len(uas.requests()) == 1
         nursery.cancel_scope.cancel()
 
 
@@ -443,6 +479,6 @@ end
         "line",
         "uac_req_send: bad header line 1 ' X-A: 1': a continuation line (starting with "
         "white space) with no header line before it",
-        "t_uac_send: bad header line 2 'X-A: 1\\rX-Evil: 2': '\\r' in the line (CR, LF and "
-        "NUL are refused: header injection)",
+        "t_uac_send: Invalid params: bad header line 2 'X-A: 1\\rX-Evil: 2': '\\r' in the "
+        "line (CR, LF and NUL are refused: header injection)",
     ]

@@ -58,6 +58,7 @@ __all__ = [
     "MiError",
     "MiRegistry",
     "StatsProvider",
+    "add_module_stats",
 ]
 
 log = logging.getLogger("trio_sip.mi")
@@ -350,6 +351,21 @@ class MiRegistry:
             log.error("MI command %s returned a value that is not JSON: %s", method, exc)
             return _dump(_error_reply(rid, MiError(
                 INTERNAL_ERROR, f"Internal error: the result of {method} is not JSON")))
+
+
+def add_module_stats(core: Any, name: str, provider: StatsProvider,
+                     reset: StatsReset | None = None, *, gauges: Iterable[str] = ()) -> bool:
+    """Register a module's statistics group on the server's MI registry, with the
+    names of its gauges (statistics that go up and down; ``/metrics`` types them as
+    gauges, the others as counters): the one way a module declares its group, called
+    from its init hook. A core without MI (``core.mi`` unset, as in unit tests) gets
+    nothing; returns whether the group was registered. Registering a group again
+    replaces it."""
+    mi = getattr(core, "mi", None)
+    if not isinstance(mi, MiContext):
+        return False
+    mi.registry.add_stats_group(name, provider, reset, gauges=gauges)
+    return True
 
 
 def run_without_waiting(coro: Coroutine[Any, Any, Any]) -> Any:

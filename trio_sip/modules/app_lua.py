@@ -43,8 +43,8 @@ command.
 
 MI command ``app_lua.runstring`` (``code``, optional ``args``: a list or its JSON
 text), refused unless ``mi_runstring = true``: runs a chunk, under the same budget, in
-an event_route context with a dummy OPTIONS message and returns ``{"result": <the
-chunk's first return value>}`` (an error: -32000 with the message).
+an event_route context on the faked OPTIONS message (as timer routes) and returns
+``{"result": <the chunk's first return value>}`` (an error: -32000 with the message).
 """
 
 from __future__ import annotations
@@ -57,10 +57,9 @@ from typing import Any
 
 from ..mi.cfg import runtime_param
 from ..mi.registry import COMMAND_FAILED, UNAVAILABLE, InvalidParams, MiContext, MiError
-from ..script.context import MsgContext
+from ..script.context import MsgContext, faked_context
 from ..script.exports import ModuleBuilder, RouteType
-from ..sip.parser import parse_message_untrusted
-from ..transport.base import Address
+from ..script.modparams import modparams_of
 
 log = logging.getLogger("trio_sip.script")
 
@@ -284,8 +283,7 @@ m.lua_export(
 
 def params_of(core: Any) -> AppLuaParams:
     """The app_lua params of a server (defaults without one)."""
-    p = (getattr(core, "modparams", None) or {}).get("app_lua")
-    return p if isinstance(p, AppLuaParams) else AppLuaParams()
+    return modparams_of(core, "app_lua", AppLuaParams)
 
 
 @m.export((), ret="xval", name="_budget")
@@ -296,18 +294,6 @@ def _budget(ctx: MsgContext) -> tuple[int, int]:
 
 
 # -- MI ---------------------------------------------------------------------------------
-
-_DUMMY_OPTIONS = (
-    b"OPTIONS sip:mi@127.0.0.1 SIP/2.0\r\n"
-    b"Via: SIP/2.0/UDP 127.0.0.1:0;branch=z9hG4bK-mi-runstring\r\n"
-    b"Max-Forwards: 70\r\n"
-    b"From: <sip:mi@127.0.0.1>;tag=mi\r\n"
-    b"To: <sip:mi@127.0.0.1>\r\n"
-    b"Call-ID: mi-runstring@127.0.0.1\r\n"
-    b"CSeq: 1 OPTIONS\r\n"
-    b"Content-Length: 0\r\n\r\n"
-)
-
 
 def _mi_args(raw: Any) -> list[Any]:
     if raw is None:
@@ -333,9 +319,10 @@ def _jsonable(v: Any) -> Any:
 
 @m.mi("runstring", params=("code", "args?"))
 async def mi_runstring(params: Mapping[str, Any], ctx: MiContext) -> Any:
-    """Run Lua ``code`` (under the app_lua budget) in an event_route context with a dummy
-    OPTIONS message; ``args`` (a list or its JSON text) are the chunk's varargs. Returns
-    ``{"result": value}``. Refused unless ``[modparams.app_lua] mi_runstring = true``."""
+    """Run Lua ``code`` (under the app_lua budget) in an event_route context on the faked
+    OPTIONS message (``KSR.corex.is_faked_msg()`` is 1, as in timer routes); ``args``
+    (a list or its JSON text) are the chunk's varargs. Returns ``{"result": value}``.
+    Refused unless ``[modparams.app_lua] mi_runstring = true``."""
     core = ctx.core
     p = params_of(core)
     if not p.mi_runstring:
@@ -354,9 +341,7 @@ async def mi_runstring(params: Mapping[str, Any], ctx: MiContext) -> Any:
     f, err = (res[0], res[1]) if isinstance(res, tuple) else (res, None)
     if f is None:
         raise MiError(COMMAND_FAILED, f"cannot compile: {err}")
-    transport = next(iter(core.transports.values()), None)
-    mctx = MsgContext(parse_message_untrusted(_DUMMY_OPTIONS), Address("127.0.0.1", 0),
-                      transport, None, RouteType.EVENT, core)  # type: ignore[arg-type]
+    mctx = faked_context(core, RouteType.EVENT)
     step = await core._drive(mctx, engine.start(run, mctx, f, p.budget_instructions,
                                                 p.budget_ms, *args))
     await core.flush(mctx)

@@ -33,6 +33,7 @@ from ..mi.registry import COMMAND_FAILED, InvalidParams, MiError
 from ..script import pv
 from ..script.context import MsgContext
 from ..script.exports import ModuleBuilder, RouteType
+from ..script.modparams import data_dir_of, modparams_of
 from ..script.ops import AsyncOp
 from ..storage.htable import (
     HashTable,
@@ -100,11 +101,8 @@ def htables_for(core: Any, *, clock: Clock | None = None) -> Htables:
     hts = getattr(core, "htable", None)
     if isinstance(hts, Htables):
         return hts
-    params = (getattr(core, "modparams", None) or {}).get("htable")
-    if not isinstance(params, HtableParams):
-        params = HtableParams(db_url="none")
-    config = getattr(core, "config", None)
-    data_dir = config.core.data_dir if config is not None else "var"
+    params = modparams_of(core, "htable", HtableParams, HtableParams(db_url="none"))
+    data_dir = data_dir_of(core)
     specs = params.specs()
     kw: dict[str, Any] = {"clock": clock, "timer_interval": params.timer_interval,
                           "lock_max_hold": float(params.lock_max_hold)}

@@ -83,6 +83,7 @@ import trio
 from ..script import pv
 from ..script.context import MsgContext
 from ..script.exports import ANY_ROUTE, ModuleBuilder, RouteType
+from ..script.modparams import modparams_of
 from ..script.ops import AsyncOp
 from ..sip.errors import BadMessage
 from ..sip.headers import parse_header_lines_untrusted
@@ -460,9 +461,7 @@ def http_client_for(core: Any) -> HttpClient:
     client = getattr(core, "http_client", None)
     if isinstance(client, HttpClient):
         return client
-    params = (getattr(core, "modparams", None) or {}).get("http_client")
-    if not isinstance(params, HttpClientParams):
-        params = HttpClientParams()
+    params = modparams_of(core, "http_client", HttpClientParams)
     client = HttpClient(params, guard=getattr(core, "guard", None))
     core.http_client = client
     return client
@@ -586,8 +585,7 @@ def _params(ctx: MsgContext) -> HttpClientParams:
     client = getattr(ctx.core, "http_client", None)
     if isinstance(client, HttpClient):
         return client.params
-    p = (getattr(ctx.core, "modparams", None) or {}).get("http_client")
-    return p if isinstance(p, HttpClientParams) else HttpClientParams()
+    return modparams_of(ctx.core, "http_client", HttpClientParams)
 
 
 def _query(ctx: MsgContext, fn: str, url: str, post: str, hdrs: str, dpv: str) -> Any:

@@ -44,10 +44,11 @@ from typing import Any
 
 import trio
 
-from ..mi.registry import COMMAND_FAILED, InvalidParams, MiError
+from ..mi.registry import COMMAND_FAILED, InvalidParams, MiError, add_module_stats
 from ..script import pv
 from ..script.context import MsgContext
 from ..script.exports import ModuleBuilder
+from ..script.modparams import data_dir_of, modparams_of
 from ..storage.mqueue import (
     MQueue,
     MQueues,
@@ -116,11 +117,8 @@ def mqueues_for(core: Any) -> MQueues:
     mqs = getattr(core, "mqueue", None)
     if isinstance(mqs, MQueues):
         return mqs
-    params = (getattr(core, "modparams", None) or {}).get("mqueue")
-    if not isinstance(params, MqueueParams):
-        params = MqueueParams()
-    config = getattr(core, "config", None)
-    data_dir = config.core.data_dir if config is not None else "var"
+    params = modparams_of(core, "mqueue", MqueueParams)
+    data_dir = data_dir_of(core)
     mqs = MQueues(params.specs(), db_path=resolve_db_url(params.db_url, data_dir))
     try:
         mqs.open()
@@ -135,10 +133,9 @@ def mqueues_for(core: Any) -> MQueues:
 @m.on_init
 def _init(core: Any) -> None:
     mqs = mqueues_for(core)
-    registry = getattr(getattr(core, "mi", None), "registry", None)
-    if registry is not None:  # the sizes go up and down: gauges in /metrics
-        registry.add_stats_group("mqueue", mqs.statistics,
-                                 gauges=[f"{name}:size" for name in mqs.queues])
+    # the sizes go up and down: gauges in /metrics
+    add_module_stats(core, "mqueue", mqs.statistics,
+                     gauges=[f"{name}:size" for name in mqs.queues])
     if mqs.db_path is not None:
         log.info("mqueue: queues with a dbmode are kept in %s", mqs.db_path)
 

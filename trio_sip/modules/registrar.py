@@ -41,6 +41,7 @@ from typing import Any
 from ..script import pv
 from ..script.context import Branch, MsgContext
 from ..script.exports import ANY_ROUTE, ModuleBuilder, RouteType
+from ..script.modparams import modparams_of
 from ..script.ops import AsyncOp
 from ..sip.errors import BadMessage
 from ..sip.headers import parse_name_addr_list_untrusted
@@ -71,8 +72,7 @@ _ULC_KEY = "\0registrar:ulc:"
 
 
 def _params(ctx: MsgContext) -> RegistrarParams:
-    p = (getattr(ctx.core, "modparams", None) or {}).get("registrar")
-    return p if isinstance(p, RegistrarParams) else RegistrarParams()
+    return modparams_of(ctx.core, "registrar", RegistrarParams)
 
 
 def _table(ul: Usrloc, table: str) -> Domain | None:

@@ -56,53 +56,16 @@ from typing import Any
 
 import trio
 
-from ..script.context import MsgContext
+from ..script.context import faked_context
 from ..script.exports import ModuleBuilder, RouteType
-from ..sip.message import SipRequest
-from ..sip.parser import parse_message_untrusted
+from ..script.modparams import modparams_of
 from ..storage.spec import SpecError, parse_attrs
-from ..transport.base import Address
 
 log = logging.getLogger("trio_sip.rtimer")
 
 #: the shortest interval accepted (seconds)
 MIN_INTERVAL = 0.001
 _INTERVAL_RE = re.compile(r"\s*(\d+)\s*(u|ms|s)?\s*", re.IGNORECASE)
-
-# Kamailio's faked message (core/fmsg.c), with a branch so the parser accepts it.
-_FAKED = (
-    b"OPTIONS sip:you@127.0.0.1 SIP/2.0\r\n"
-    b"Via: SIP/2.0/UDP 127.0.0.1:0;branch=z9hG4bK-faked\r\n"
-    b"From: <sip:you@127.0.0.1>;tag=notag\r\n"
-    b"To: <sip:you@127.0.0.1>;tag=notag\r\n"
-    b"Call-ID: dummycallid\r\n"
-    b"CSeq: 1 OPTIONS\r\n"
-    b"Content-Length: 0\r\n\r\n"
-)
-
-
-class FakedRequest(SipRequest):
-    """A request the server made up for a route with no message (``is_faked_msg``)."""
-
-    __slots__ = ()
-    faked = True
-
-
-def faked_request() -> SipRequest:
-    """A fresh copy of the faked OPTIONS (routes may change it; each run gets its own)."""
-    msg = parse_message_untrusted(_FAKED)
-    assert type(msg) is SipRequest
-    msg.__class__ = FakedRequest  # same slots: only the class flag differs
-    return msg
-
-
-def faked_context(core: Any, route_type: RouteType = RouteType.TIMER) -> MsgContext:
-    """A route context on a faked message, for routes that run on no SIP message (timer
-    routes; event routes of modules)."""
-    transport = next(iter(getattr(core, "transports", {}).values()), None)
-    return MsgContext(faked_request(), Address("127.0.0.1", 0), transport,  # type: ignore[arg-type]
-                      None, route_type, core)
-
 
 class RtimerSpecError(SpecError):
     """A timer or exec definition that cannot be used."""
@@ -281,7 +244,7 @@ async def _run_route(core: Any, timer: Timer, fn_name: str) -> None:
         log.error("rtimer: timer %s: no function %s() in the routes", timer.spec.name,
                   fn_name)
         return
-    ctx = faked_context(core)
+    ctx = faked_context(core, RouteType.TIMER)
     step = engine.start(fn, ctx, "rtimer", timer.spec.name)
     step = await core._drive(ctx, step)
     await core.flush(ctx)
@@ -296,9 +259,7 @@ def timers_for(core: Any) -> Timers:
     ts = getattr(core, "rtimer", None)
     if isinstance(ts, Timers):
         return ts
-    params = (getattr(core, "modparams", None) or {}).get("rtimer")
-    if not isinstance(params, RtimerParams):
-        params = RtimerParams()
+    params = modparams_of(core, "rtimer", RtimerParams)
     ts = Timers([Timer(spec, routes) for spec, routes in params.timers()])
     core.rtimer = ts
     return ts
@@ -332,12 +293,9 @@ MODULE = m.build()
 
 __all__ = [
     "MODULE",
-    "FakedRequest",
     "RtimerParams",
     "TimerSpec",
     "Timers",
-    "faked_context",
-    "faked_request",
     "parse_interval",
     "timers_for",
 ]

@@ -67,9 +67,11 @@ from typing import Any
 
 import trio
 
+from ..mi.registry import add_module_stats
 from ..script import pv
 from ..script.context import MsgContext
 from ..script.exports import ModuleBuilder, ParamType
+from ..script.modparams import data_dir_of, modparams_of
 from ..script.ops import AsyncOp
 from ..storage.sql import Database, Result, SqlError, SqlUrlError, Value, parse_sql_url
 
@@ -173,11 +175,8 @@ def databases_for(core: Any) -> SqlDatabases:
     dbs = getattr(core, "sqlops", None)
     if isinstance(dbs, SqlDatabases):
         return dbs
-    params = (getattr(core, "modparams", None) or {}).get("sqlops")
-    if not isinstance(params, SqlopsParams):
-        params = SqlopsParams()
-    config = getattr(core, "config", None)
-    dbs = SqlDatabases(params, config.core.data_dir if config is not None else "var")
+    params = modparams_of(core, "sqlops", SqlopsParams)
+    dbs = SqlDatabases(params, data_dir_of(core))
     core.sqlops = dbs
     return dbs
 
@@ -187,9 +186,7 @@ async def _init(core: Any) -> None:
     """Connect to every database once (Kamailio connect_mode 0: a database that cannot
     be reached refuses to start; 1: logged, the first query connects again)."""
     dbs = databases_for(core)
-    registry = getattr(getattr(core, "mi", None), "registry", None)
-    if registry is not None:
-        registry.add_stats_group("sqlops", dbs.statistics, gauges=["async_pending"])
+    add_module_stats(core, "sqlops", dbs.statistics, gauges=["async_pending"])
     for db in dbs.databases.values():
         try:
             if db._threaded():

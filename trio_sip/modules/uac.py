@@ -53,14 +53,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..mi.registry import COMMAND_FAILED, InvalidParams, MiContext, MiError
+from ..mi.registry import COMMAND_FAILED, InvalidParams, MiContext, MiError, add_module_stats
 from ..runtime.uac import LocalUac, UacError, UacRequest, UacResult, local_uacs
 from ..script import pv
 from ..script.context import MsgContext
 from ..script.exports import ModuleBuilder, RouteType
+from ..script.modparams import modparams_of
 from ..script.ops import AsyncOp
 from ..sip.errors import BadMessage
-from ..sip.headers import parse_name_addr_untrusted
+from ..sip.headers import header_key, parse_header_lines_untrusted, parse_name_addr_untrusted
 
 log = logging.getLogger("trio_sip.uac")
 
@@ -211,8 +212,7 @@ def _send(ctx: MsgContext) -> LocalUac | int:
 
 
 def _event_callback(core: Any) -> str:
-    params = (getattr(core, "modparams", None) or {}).get("uac")
-    return params.event_callback if isinstance(params, UacParams) else ""
+    return modparams_of(core, "uac", UacParams).event_callback
 
 
 def _start_event(core: Any, fn: str, fields: dict[str, Any], uac: LocalUac) -> None:
@@ -320,7 +320,11 @@ def _mi_request(params: dict[str, Any]) -> UacRequest:
     """tm.t_uac_start's params: ``method ruri nexthop socket headers [body]`` (Kamailio
     ``t_uac_start``, OpenSIPS ``t_uac_dlg``; "." for an empty nexthop/socket). From and
     To come from ``headers`` (required by Kamailio; here they default to the R-URI),
-    as do Call-ID and CSeq when given; the other header lines are sent as they are."""
+    as do Call-ID and CSeq when given (Via, Max-Forwards and Content-Length are ours
+    and dropped); the other header lines are sent as they are. The lines are checked as
+    :func:`~trio_sip.sip.headers.parse_header_lines_untrusted` says (folded lines
+    joined, compact names understood): a bad one is refused as invalid params naming the
+    line (MI -32602, as tm.reply answers a bad header line)."""
     def text(name: str) -> str:
         v = params.get(name)
         if v is None:
@@ -337,29 +341,29 @@ def _mi_request(params: dict[str, Any]) -> UacRequest:
     from_uri = to_uri = call_id = None
     cseq: int | None = None
     extra: list[str] = []
-    for line in text("headers").replace("\r\n", "\n").split("\n"):
-        if not line.strip():
-            continue
-        name, sep, value = line.partition(":")
-        key = name.strip().lower()
-        value = value.strip()
-        if not sep:
-            raise InvalidParams(f"bad header line {line!r}")
-        if key in ("from", "f"):
+    try:
+        lines = parse_header_lines_untrusted(text("headers"))
+    except BadMessage as exc:
+        # invalid params, like every other bad field here (MI -32602, as tm.reply
+        # answers a bad header line); t_uac_send logs it and returns -1
+        raise InvalidParams(f"bad {exc.reason}") from None
+    for name, value in lines:
+        key = header_key(name)
+        if key == "from":
             from_uri = value
-        elif key in ("to", "t"):
+        elif key == "to":
             to_uri = value
-        elif key in ("call-id", "i"):
+        elif key == "call-id":
             call_id = value
         elif key == "cseq":
             num = value.split()[0] if value.split() else ""
             if not num.isdigit():
                 raise InvalidParams(f"bad CSeq {value!r}")
             cseq = int(num)
-        elif key in ("content-length", "l", "via", "v", "max-forwards"):
+        elif key in ("content-length", "via", "max-forwards"):
             continue  # computed or added by us
         else:
-            extra.append(line.strip())
+            extra.append(f"{name}: {value}")
     for what, v in (("From", from_uri), ("To", to_uri)):
         if v is not None:
             try:
@@ -458,12 +462,13 @@ def _init(core: Any) -> None:
     engine = getattr(core, "engine", None)
     if fn and engine is not None and engine.function(fn) is None:
         raise ValueError(f"[modparams.uac] event_callback: no function {fn}() in the routes")
-    mi = getattr(core, "mi", None)
-    if isinstance(mi, MiContext) and "uac" not in mi.registry.stats_groups():
-        layer = local_uacs(core)
-        mi.registry.add_stats_group("uac", lambda: {**layer.stats,
-                                                    "pending": len(layer.pending)},
-                                    gauges=("pending",))
+    add_module_stats(core, "uac", lambda: _statistics(core), gauges=["pending"])
+
+
+def _statistics(core: Any) -> dict[str, int]:
+    """The "uac" statistics group: the local UAC layer's counters and ``pending``."""
+    layer = local_uacs(core)
+    return {**layer.stats, "pending": len(layer.pending)}
 
 
 MODULE = m.build()

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..mi.registry import COMMAND_FAILED, InvalidParams, MiError
 from ..script.exports import ModuleBuilder
+from ..script.modparams import data_dir_of, modparams_of
 from ..storage.sqlite import Clock
 from ..usrloc import Usrloc, UsrlocParams
 
@@ -123,12 +124,9 @@ def usrloc_for(core: Any, *, clock: Clock | None = None) -> Usrloc:
     ul = getattr(core, "usrloc", None)
     if isinstance(ul, Usrloc):
         return ul
-    modparams = getattr(core, "modparams", None) or {}
-    params = modparams.get("usrloc")
-    if not isinstance(params, UsrlocParams):
-        params = UsrlocParams(db_url="none")  # a core without the usrloc module: no file
-    config = getattr(core, "config", None)
-    data_dir = config.core.data_dir if config is not None else "var"
+    # a core without the usrloc module: no file
+    params = modparams_of(core, "usrloc", UsrlocParams, UsrlocParams(db_url="none"))
+    data_dir = data_dir_of(core)
     ul = None
     try:
         ul = Usrloc(params, db_path=params.db_path(data_dir), clock=clock)

@@ -17,11 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..sip.message import SipRequest
+from ..sip.parser import parse_message_untrusted
+from ..transport.base import Address
 from .exports import RouteType
 
 if TYPE_CHECKING:
-    from ..sip.message import SipMessage, SipRequest, SipResponse
-    from ..transport.base import Address, Transport
+    from ..sip.message import SipMessage, SipResponse
+    from ..transport.base import Transport
 
 
 @dataclass(slots=True)
@@ -107,3 +110,42 @@ class MsgContext:
     @property
     def is_request(self) -> bool:
         return self.msg.is_request
+
+
+# -- the faked message -------------------------------------------------------------------
+
+# Kamailio's faked message (core/fmsg.c), with a branch so the parser accepts it.
+_FAKED = (
+    b"OPTIONS sip:you@127.0.0.1 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:0;branch=z9hG4bK-faked\r\n"
+    b"From: <sip:you@127.0.0.1>;tag=notag\r\n"
+    b"To: <sip:you@127.0.0.1>;tag=notag\r\n"
+    b"Call-ID: dummycallid\r\n"
+    b"CSeq: 1 OPTIONS\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+class FakedRequest(SipRequest):
+    """A request the server made up for a route with no message (``is_faked_msg``)."""
+
+    __slots__ = ()
+    faked = True
+
+
+def faked_request() -> SipRequest:
+    """A fresh copy of the faked OPTIONS (routes may change it; each run gets its own)."""
+    msg = parse_message_untrusted(_FAKED)
+    assert type(msg) is SipRequest
+    msg.__class__ = FakedRequest  # same slots: only the class flag differs
+    return msg
+
+
+def faked_context(core: Any, route_type: RouteType) -> MsgContext:
+    """A route context on Kamailio's faked OPTIONS (``KSR.corex.is_faked_msg()`` is 1),
+    for routes that run on no SIP message: rtimer's timer routes, MI
+    ``app_lua.runstring``. Its source is 127.0.0.1:0, its transport the server's first
+    (None without one), with no connection."""
+    transport = next(iter(getattr(core, "transports", {}).values()), None)
+    return MsgContext(faked_request(), Address("127.0.0.1", 0), transport,  # type: ignore[arg-type]
+                      None, route_type, core)

@@ -7,7 +7,9 @@ module's class: an unknown module, an unknown param or a value of the wrong type
 refuses to start with ``ConfigError("modparams.NAME.PARAM", value, rule)``. A
 dataclass may add ``validate(self) -> None`` raising ValueError for rules across
 fields, and ``from_modparams(raw)`` to take over the conversion entirely.
-Modules read their instance as ``ctx.core.modparams["NAME"]``.
+Modules read their instance with ``modparams_of(core, "NAME", Cls)`` (the defaults
+when the server has none, as for a core built by a test), and the directory of their
+files with ``data_dir_of(core)``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,34 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import ConfigError
 from .exports import Module
+
+P = TypeVar("P")
+
+
+def modparams_of(core: Any, name: str, cls: type[P], default: P | None = None) -> P:
+    """The ``[modparams.NAME]`` instance of a server (``core.modparams[name]``).
+
+    A core without params for ``name`` (no ``modparams`` attribute, no entry, or an
+    entry of another class, as for a core built by a test) gives ``default``, or
+    ``cls()`` (the params' defaults) when ``default`` is None.
+    """
+    params = (getattr(core, "modparams", None) or {}).get(name)
+    if isinstance(params, cls):
+        return params
+    return default if default is not None else cls()
+
+
+def data_dir_of(core: Any) -> str:
+    """The directory of a server's files (``[core] data_dir``, substituted for
+    ``{data_dir}`` in db_urls), or ``"var"`` (its default) for a core without a config.
+    The path is returned as configured (relative to the current directory unless
+    absolute)."""
+    config = getattr(core, "config", None)
+    return config.core.data_dir if config is not None else "var"
 
 
 def build_modparams(modules: Iterable[Module], raw: Mapping[str, Mapping[str, object]]
