@@ -12,6 +12,8 @@ Schedules (Kamailio tm defaults: T1 0.5 s, T2 4 s, fr 30 s):
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import trio
 import trio.testing
@@ -506,8 +508,11 @@ async def test_a_next_hop_by_name_is_resolved(autojump_clock, write_routes) -> N
 async def test_lossy_duplicating_reordering_network(autojump_clock, write_routes, seed) -> None:
     """Chaos-style: 40 local MESSAGEs and 10 INVITEs over links that lose 25 %, duplicate
     and reorder; the UAS answers every copy as its server transaction would (the same
-    final again). Every request ends with exactly one outcome, a 200 (Timer E/A win over
-    the loss long before fr), every 2xx to an INVITE is ACKed, and nothing is left."""
+    final again). Every request ends with exactly one outcome: a 200, or a 408 at fr
+    only when the network delivered none of its 200s (each of its ~10 transmissions
+    before fr lost one way or the other: ~1 request in 4,000 at 25 % loss each way;
+    which one varies from run to run, as trio orders timers due at the same virtual
+    instant by object identity); every 2xx to an INVITE is ACKed, and nothing is left."""
     from trio_sip.testing import LinkSpec
 
     async with SimNetwork(seed=seed) as net, trio.open_nursery() as nursery:
@@ -554,10 +559,16 @@ async def test_lossy_duplicating_reordering_network(autojump_clock, write_routes
             u.on_final.append(count)
         for u in uacs:
             outcomes.append((await u.wait()).code)
-        assert outcomes == [200] * 50 and settled == 50
+        assert settled == 50 and set(outcomes) <= {200, 408}, outcomes
+        got_200 = {m.group(1).decode() for e in net.trace
+                   if e.src == UAS and e.fate != "lost" and e.data.startswith(b"SIP/2.0 200")
+                   for m in [re.search(rb"\r\nCall-ID: (c\d+)\r\n", e.data)] if m}
+        timed_out = {f"c{i}" for i, code in enumerate(outcomes) if code == 408}
+        assert not timed_out & got_200, (timed_out, "a 200 was delivered")
+        assert len(timed_out) <= 1, timed_out
         await trio.sleep(40)  # Timer K (T4) and M (64*T1 for a local INVITE), stragglers
         acked = {r.call_id for r in uas.requests() if r.method == "ACK"}
-        assert acked == {f"c{i}" for i in range(40, 50)}
+        assert acked == {f"c{i}" for i in range(40, 50)} - timed_out
         await trio.testing.wait_all_tasks_blocked()
         assert not layer.pending and not server.core.tm.clients
         nursery.cancel_scope.cancel()
