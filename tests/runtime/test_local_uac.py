@@ -511,8 +511,9 @@ async def test_lossy_duplicating_reordering_network(autojump_clock, write_routes
     final again). Every request ends with exactly one outcome: a 200, or a 408 at fr
     only when the network delivered none of its 200s (each of its ~10 transmissions
     before fr lost one way or the other: ~1 request in 4,000 at 25 % loss each way;
-    which one varies from run to run, as trio orders timers due at the same virtual
-    instant by object identity); every 2xx to an INVITE is ACKed, and nothing is left."""
+    which one varies from run to run: trio orders timers due at the same virtual
+    instant by object identity and shuffles each batch of runnable tasks); every 2xx to
+    an INVITE is ACKed, and nothing is left."""
     from trio_sip.testing import LinkSpec
 
     async with SimNetwork(seed=seed) as net, trio.open_nursery() as nursery:
