@@ -368,7 +368,7 @@ def _edit_order(ed: tuple[int, int, bytes, int]) -> tuple[int, bool, int]:
 
 class SipRequest(SipMessage):
     __slots__ = ("_ruri", "_ruri_shared", "dst_uri", "method", "new_uri", "ruri_end",
-                 "ruri_start", "ruri_text", "top_via_edit", "version")
+                 "ruri_start", "ruri_text", "server_key_memo", "top_via_edit", "version")
 
     is_request = True
 
@@ -392,6 +392,9 @@ class SipRequest(SipMessage):
         #: other edits so force_rport() can recompute it; replies built from this request
         #: copy the same change
         self.top_via_edit: tuple[int, int, str] | None = None
+        #: transaction.matching.server_key of this request, made once: it depends only
+        #: on what was received, and dispatch, t_precheck_trans and t_newtran all ask
+        self.server_key_memo: object = None
 
     @property
     def ruri(self) -> URI:

@@ -142,8 +142,10 @@ def server_key(req: SipRequest) -> AnyServerKey:
     key of its own (method CANCEL): "the CANCEL request [...] constitutes its own
     transaction" (§9.2); use ``cancel_target_key`` for the INVITE it cancels.
     """
-    method = "INVITE" if req.method == "ACK" else req.method
-    return _key(req, method)
+    key = req.server_key_memo
+    if key is None:  # made once per request: it depends only on what was received
+        key = req.server_key_memo = _key(req, "INVITE" if req.method == "ACK" else req.method)
+    return key  # type: ignore[return-value]
 
 
 def cancel_target_key(cancel: SipRequest) -> AnyServerKey:
