@@ -563,9 +563,9 @@ class ServerTx:
             # replies to the caller first (a 2xx must not wait behind the CANCELs of the
             # other branches, §16.7 step 5 before step 10)
             await layer.core.flush(self.ctx)
+            # (what the branches send goes to them, not into the context's outbox)
             deadline = min(self.machine.next_deadline(), self._own_deadline(),
                            await self._prepare_branches())
-            await layer.core.flush(self.ctx)
             if self._done():
                 return True
             event = self._next_event()
