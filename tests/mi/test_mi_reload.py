@@ -274,3 +274,30 @@ async def test_a_transaction_in_flight_runs_its_armed_routes_from_its_generation
         await trio.sleep(40)  # the transactions end: generation 1 is let go
         assert (await env.call("app_lua.list"))["older"] == []
         assert env.server.core.tm.servers == {}
+
+
+ARMS = """
+function ksr_request_route()
+  -- a name made at run time: `trio-sip check` (and a reload) only sees literals
+  local name = "on_failure_" .. "{which}"
+  KSR.sl.sl_send_reply(200, "armed " .. KSR.tm.t_on_failure(name))
+end
+{extra}
+"""
+
+
+async def test_t_on_checks_the_functions_of_the_routes_in_force(
+        autojump_clock: Any, write_routes: Any) -> None:
+    """t_on_* remembers the functions it found (modules/tm.py _KnownFunctions), per
+    script generation: after a reload that removes the function, arming it is refused
+    again (-1), and one that a reload adds is found at once."""
+    path = write_routes(ARMS.format(which="a", extra="function on_failure_a() end"))
+    async with sim_server(path) as env:
+        assert (await env.ask()).reason == "armed 1"
+        assert (await env.ask()).reason == "armed 1"  # from what it remembered
+        rewrite(path, ARMS.format(which="a", extra=""))
+        await env.call("app_lua.reload")
+        assert (await env.ask()).reason == "armed -1"
+        rewrite(path, ARMS.format(which="b", extra="function on_failure_b() end"))
+        await env.call("app_lua.reload")
+        assert (await env.ask()).reason == "armed 1"
