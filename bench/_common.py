@@ -41,6 +41,8 @@ from stateful_bench import (  # noqa: E402
     _pct,
     _proc_cpu_s,
     fmt,
+    interrupt,
+    med,
     mem_kb,
     msg_latencies,
     rtt_samples,
@@ -52,8 +54,22 @@ from stateful_bench import (  # noqa: E402
 from tests.support.sipp import EXIT_BIND_ERROR, Sipp, SippResult  # noqa: E402
 
 __all__ = [
-    "BENCH", "REPO", "KamailioServer", "Load", "Server", "Snapshot", "TrioServer", "drive", "fmt",
-    "mem_of", "print_rows", "sched_ns", "search_max", "wait_idle",
+    "BENCH",
+    "REPO",
+    "KamailioServer",
+    "Load",
+    "Server",
+    "Snapshot",
+    "TrioServer",
+    "drive",
+    "fmt",
+    "interrupt",
+    "med",
+    "mem_of",
+    "print_rows",
+    "sched_ns",
+    "search_max",
+    "wait_idle",
 ]
 
 SCENARIOS = BENCH / "sipp"

@@ -53,7 +53,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -72,6 +71,8 @@ from _common import (
     TrioServer,
     drive,
     fmt,
+    interrupt,
+    med,
     mem_of,
     print_rows,
     search_max,
@@ -120,13 +121,6 @@ def show(r: Load, tag: str) -> None:
         print(r.errors)
 
 
-def med(xs: list[float | None]) -> float | None:
-    v = [x for x in xs if x is not None]
-    return statistics.median(v) if v else None
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -172,7 +166,7 @@ def main() -> int:
         servers = [s for s in servers if not s.startswith("kamailio")]
     if not servers:
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     t_start = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="registrar-bench-"))
     print(f"registrar_bench: {ROUTES.relative_to(REPO)}; Python {platform.python_version()}; "

@@ -46,7 +46,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +63,8 @@ from _common import (
     TrioServer,
     drive,
     fmt,
+    interrupt,
+    med,
     print_rows,
     search_max,
     wait_idle,
@@ -136,13 +137,6 @@ def show(r: Load, tag: str) -> None:
         print(r.errors)
 
 
-def med(xs: list[float | None]) -> float | None:
-    v = [x for x in xs if x is not None]
-    return statistics.median(v) if v else None
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -185,7 +179,7 @@ def main() -> int:
         servers = [s for s in servers if not s.startswith("kamailio")]
     if not servers:
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     t_start = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="rtpengine-bench-"))
     print(f"rtpengine_bench: {ROUTES.relative_to(BENCH.parent)}; Python "

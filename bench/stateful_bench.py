@@ -717,7 +717,8 @@ class Deadline(Exception):
     pass
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def interrupt(signum: int, frame: object) -> None:
+    """SIGTERM handler: stop as Ctrl-C does (servers and SIPps are stopped on the way out)."""
     raise KeyboardInterrupt
 
 
@@ -785,7 +786,7 @@ def main() -> int:
             raise Deadline
 
     # SIGTERM -> unwind like Ctrl-C, so every process is stopped
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
     base = Path(tempfile.mkdtemp(prefix="stateful-bench-"))
     print(f"stateful_bench: {ROUTES.relative_to(REPO)}; Python {platform.python_version()}; "

@@ -63,6 +63,7 @@ from _common import (
     BENCH,
     Snapshot,
     TrioServer,
+    interrupt,
     mem_of,
     print_rows,
     wait_idle,
@@ -183,9 +184,6 @@ def one(n: int, args: argparse.Namespace, base: Path) -> dict[str, Any]:
     return res
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -214,7 +212,7 @@ def main() -> int:
     if sipp_binary() is None:
         print("sipp not found (Debian: sip-tester)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     base = Path(tempfile.mkdtemp(prefix="suspended-bench-"))
     t_start = time.monotonic()
     print(f"suspended_bench: {ROUTES.relative_to(BENCH.parent)}; Python "

@@ -44,7 +44,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +62,8 @@ from stateful_bench import (  # noqa: E402
     Snapshot,
     TrioServer,
     _pct,
+    interrupt,
+    med,
     ping,
     rtt_samples,
     wait_idle,
@@ -277,13 +278,6 @@ def search(n: int, start_rate: float, *, budget_s: float, probe_s: float, cap: f
     return good, log
 
 
-def med(values: list[float | None]) -> float | None:
-    v = [x for x in values if x is not None]
-    return statistics.median(v) if v else None
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -313,7 +307,7 @@ def main() -> int:
     if sipp_binary() is None:
         print("sipp not found (Debian: sip-tester)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     base = Path(tempfile.mkdtemp(prefix="workers-bench-"))
     print(f"workers_bench: {ROUTES.relative_to(REPO)}; Python {platform.python_version()}; "
           f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}; N {ns}; rates "
