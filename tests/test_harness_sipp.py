@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 
-from tests.support.ports import LOOPBACK, free_port
+from tests.support import sipp as sipp_support
+from tests.support.ports import LOOPBACK, free_port, free_port_block, is_port_free
 from tests.support.sipp import (
     EXIT_SOME_FAILED,
     Sipp,
@@ -179,6 +180,33 @@ async def test_ready_fails_fast_when_port_is_taken() -> None:
         with pytest.raises(SippError, match="exited with 254"):
             async with Sipp("uas.xml", local_port=port, timeout=10).running(ready_within=5):
                 pass  # pragma: no cover
+
+
+def test_free_port_block_is_free_from_base_to_end() -> None:
+    for _ in range(20):
+        base = free_port_block(4)
+        assert all(is_port_free(p) for p in range(base, base + 4))
+
+
+@pytest.mark.sipp
+@requires_sipp
+async def test_lost_media_port_race_is_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIPp binds -mp and -mp + 2: a run that finds -mp + 2 taken (the CI failure of stop 13)
+    exits 254 before binding its SIP port; running() starts it again on new ports."""
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as blocker:
+        await blocker.bind((LOOPBACK, 0))
+        video = blocker.getsockname()[1]
+        chosen: list[int] = []
+
+        def first_one_collides(span: int, proto: str = "udp") -> int:
+            base = video - 2 if not chosen else free_port_block(span)
+            chosen.append(base)
+            return base
+
+        monkeypatch.setattr(sipp_support, "free_port_block", first_one_collides)
+        async with Sipp("uas.xml", timeout=10).running(ready_within=5) as uas:
+            assert uas.sipp.media_port == chosen[-1] != video - 2
+        assert len(chosen) == 2
 
 
 # --- SIPp against in-test SIP elements in the same Trio loop ------------------------------

@@ -18,6 +18,7 @@ from typing import Literal
 __all__ = [
     "LOOPBACK",
     "free_port",
+    "free_port_block",
     "free_port_both",
     "free_ports",
     "is_port_free",
@@ -69,6 +70,42 @@ def free_port_both() -> int:
         if is_port_free(port, "udp"):
             return port
     raise RuntimeError(f"no port free for both UDP and TCP after {_MAX_ATTEMPTS} attempts")
+
+
+def free_port_block(span: int, proto: Proto = "udp") -> int:
+    """A port ``p`` such that ``p`` .. ``p + span - 1`` are all free on 127.0.0.1 right now.
+
+    For programs that bind a run of ports from one base (SIPp binds its ``-mp`` media port
+    and ``-mp`` + 2 for video). The probes are held open until the whole run is checked;
+    bounded retries, each starting from a port the kernel hands out.
+    """
+    if span < 1:
+        raise ValueError("span must be >= 1")
+    for _ in range(_MAX_ATTEMPTS):
+        held: list[socket.socket] = []
+        try:
+            base = None
+            first = socket.socket(socket.AF_INET, _sock_type(proto))
+            held.append(first)
+            first.bind((LOOPBACK, 0))
+            base = first.getsockname()[1]
+            if base + span - 1 > 65535:
+                continue
+            for port in range(base + 1, base + span):
+                s = socket.socket(socket.AF_INET, _sock_type(proto))
+                held.append(s)
+                try:
+                    s.bind((LOOPBACK, port))
+                except OSError as exc:
+                    if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                        break
+                    raise
+            else:
+                return base
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no run of {span} free {proto} ports after {_MAX_ATTEMPTS} attempts")
 
 
 def free_ports(n: int, proto: Proto | Literal["both"] = "udp") -> list[int]:

@@ -28,9 +28,10 @@ Addresses and safety
 --------------------
 Only 127.0.0.1 is used: every host given here is checked to be loopback (ValueError
 otherwise), SIPp binds ``-i 127.0.0.1`` and its remote control port (``-cp``, a UDP socket
-SIPp opens on 0.0.0.0; it only listens) and media port (``-mp``, 127.0.0.1, nothing is sent
-from it: no RTP echo or stream is started) are taken from free ports so parallel runs and
-fixed test ports do not collide. ``-timeout`` (default 30 s) bounds every run even if this
+SIPp opens on 0.0.0.0; it only listens) and media ports (``-mp`` and ``-mp`` + 2 for video,
+127.0.0.1, nothing is sent from them: no RTP echo or stream is started) are taken from free
+ports so parallel runs and fixed test ports do not collide; a SIPp that still loses the race
+for them is started again on new ones. ``-timeout`` (default 30 s) bounds every run even if this
 process dies; the runner kills SIPp on exit, error or cancellation, so no SIPp outlives its
 test (SIGUSR1 = SIPp's graceful stop, then SIGTERM, which still writes the final statistics,
 then SIGKILL).
@@ -72,7 +73,7 @@ from typing import Any, Literal
 
 import trio
 
-from .ports import LOOPBACK, free_port, free_port_both, is_port_free
+from .ports import LOOPBACK, free_port, free_port_block, free_port_both, is_port_free
 
 __all__ = [
     "BUILTIN_SCENARIOS",
@@ -107,6 +108,9 @@ EXIT_FATAL = 255  # -1
 EXIT_BIND_ERROR = 254  # -2
 #: runs made when SIPp loses a race for the free ports chosen for it
 _BIND_ATTEMPTS = 3
+#: SIPp 3.6 binds its -mp port for audio and -mp + 2 for video (RTCP would take +1 and +3):
+#: the whole run is chosen free, not only the base
+_MEDIA_SPAN = 4
 
 _EXIT_MEANING = {
     EXIT_ALL_OK: "all calls successful",
@@ -359,7 +363,7 @@ class Sipp:
             local_port=local,
             workdir=workdir,
             control_port=self.control_port or free_port("udp"),
-            media_port=self.media_port or free_port("udp"),
+            media_port=self.media_port or free_port_block(_MEDIA_SPAN),
         )
 
     @property
@@ -486,6 +490,28 @@ class Sipp:
                 break
         return result
 
+    async def _start_ready(self, ready: bool, ready_within: float) -> AsyncSippProcess:
+        """Start SIPp and, with ``ready``, wait until its port is bound. A SIPp that exits
+        with a bind error before that lost the race for the free ports chosen for it (see
+        ``_bind_race``): it is started again on new ones, at most ``_BIND_ATTEMPTS`` times."""
+        for attempt in range(1, _BIND_ATTEMPTS + 1):
+            proc = AsyncSippProcess(self.resolved(), owns_workdir=self.workdir is None)
+            await proc._start()
+            if not ready:
+                return proc
+            try:
+                await proc.wait_ready(ready_within)
+                return proc
+            except BaseException as exc:
+                rc = proc.process.poll()
+                with trio.CancelScope(shield=True):
+                    await proc._kill_and_clean()
+                lost_race = (isinstance(exc, SippError) and rc == EXIT_BIND_ERROR
+                             and None in (self.local_port, self.control_port, self.media_port))
+                if not lost_race or attempt == _BIND_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
     @contextlib.asynccontextmanager
     async def running(
         self, *, ready: bool = True, ready_within: float = 5.0
@@ -495,11 +521,8 @@ class Sipp:
         On leaving the block SIPp is stopped if it still runs (graceful, then TERM, then
         KILL) and ``proc.result`` is set; on an exception or cancellation it is killed.
         """
-        proc = AsyncSippProcess(self.resolved(), owns_workdir=self.workdir is None)
-        await proc._start()
+        proc = await self._start_ready(ready, ready_within)
         try:
-            if ready:
-                await proc.wait_ready(ready_within)
             yield proc
         except BaseException:
             with trio.CancelScope(shield=True):
