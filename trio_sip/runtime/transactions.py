@@ -84,10 +84,12 @@ from ..script.exports import RouteType
 from ..script.ops import AsyncOp
 from ..sip.errors import BadMessage
 from ..sip.message import SipRequest, SipResponse
+from ..sip.parser import parse_message_untrusted
 from ..sip.reply import build_reply, generated_to_tag, reason_phrase
 from ..sip.uri import URI, parse_uri_untrusted
 from ..transaction import (
     ClientInviteTransaction,
+    ClientNonInviteTransaction,
     ISTState,
     LocalProtocolError,
     RemoteProtocolError,
@@ -109,6 +111,7 @@ from ..transaction.matching import (
     ack_matches_invite_2543,
     cancel_target_key,
     client_key,
+    client_key_for_request,
     same_request_2543,
     server_key,
 )
@@ -1076,7 +1079,8 @@ class TransactionLayer:
           forwarded statelessly, as before, the caller got a second final (a 487 or
           a 486 seconds after our 408 or after a 2xx);
         * a 1xx of a branch that never had a final is answered with a CANCEL (the
-          branch gave up on it: Kamailio cancel_b_method 1), and absorbed;
+          branch gave up on it: Kamailio cancel_b_method 1), and absorbed; the CANCEL
+          is a client transaction of its own, retransmitted over UDP (``_LateCancel``);
         * a 2xx is not ours: the core forwards it statelessly (§16.7 step 5).
         """
         if b.method != "INVITE" or not isinstance(b.machine, ClientInviteTransaction):
@@ -1084,7 +1088,7 @@ class TransactionLayer:
         now = trio.current_time()
         self._prune_ended(now)
         until = now + max(64 * b.machine.timers.t1, 32.0)
-        self._ended[b.key] = _EndedBranch(until, b.machine.data, b.machine.timers.t1,
+        self._ended[b.key] = _EndedBranch(until, b.machine.data, b.machine.timers,
                                           b.transport, b.dest,
                                           b.final is not None or b.last_status >= 200)
         self._ended_order.append((until, b.key))
@@ -1114,22 +1118,26 @@ class TransactionLayer:
             return True
         self.stats["rpl_absorbed"] += 1
         # like Timer D, restarted by each final: the callee retransmits for 64*T1
-        ended.until = max(ended.until, now + max(64 * ended.t1, 32.0))
+        ended.until = max(ended.until, now + max(64 * ended.timers.t1, 32.0))
         self._ended_order.append((ended.until, key))
-        data: bytes | None = None
+        if self.nursery is None:
+            return True
+        cancel_key = client_key_for_request(key.branch, "CANCEL")
         try:
             # ACK and CANCEL copy the INVITE *as sent* (our Via and branch, its R-URI
             # and Route set: §17.1.1.3, §9.1), parsed again now: this is rare
             if resp.status >= 300:
                 ended.answered = True
-                data = build_ack(ended.sent_request(), resp)
-            elif not ended.answered:
-                data = build_cancel(ended.sent_request())
+                ack = build_ack(ended.sent_request(), resp)
+                self.stats["late_replies_answered"] += 1
+                self.nursery.start_soon(ended.transport.send, ack, ended.dest)
+            elif not ended.answered and cancel_key not in self.clients:
+                cancel = _LateCancel(self, cancel_key, ended,
+                                     build_cancel(ended.sent_request()))
+                self.stats["late_replies_answered"] += 1
+                self.nursery.start_soon(cancel.run)
         except ValueError:
-            data = None
-        if data is not None and self.nursery is not None:
-            self.stats["late_replies_answered"] += 1
-            self.nursery.start_soon(ended.transport.send, data, ended.dest)
+            pass
         return True
 
     def invite_for_cancel(self, cancel: SipRequest) -> ServerTx | None:
@@ -1488,7 +1496,8 @@ class _EndedBranch:
     until: float
     #: the INVITE as this branch sent it
     data: bytes
-    t1: float
+    #: its timers (T1/T2 for a late CANCEL's retransmissions, 64*T1 for the record)
+    timers: TimerConfig
     transport: Transport
     dest: Address
     #: a final response came (a late 1xx is then a reordered one: no CANCEL)
@@ -1497,6 +1506,59 @@ class _EndedBranch:
     def sent_request(self) -> SipRequest:
         """The INVITE as sent, parsed (ValueError if it does not parse: it always does)."""
         return parse_sent_invite(self.data)
+
+
+class _LateCancel:
+    """The CANCEL of a late 1xx to an ended branch (``TransactionLayer._late_response``):
+    an ordinary non-INVITE client transaction (§9.1), retransmitted on Timer E over UDP
+    until its final response or Timer F (64*T1), in a task of the layer's nursery. While
+    it is in the client table (under the CANCEL's own key, §17.1.3) a further late 1xx
+    does not start another. Sent once and lost, the callee rang on unCANCELled."""
+
+    def __init__(self, layer: TransactionLayer, key: ClientKey, ended: _EndedBranch,
+                 data: bytes) -> None:
+        self.layer, self.key, self.ended, self.data = layer, key, ended, data
+        self.inbox: Mailbox[SipResponse] = Mailbox(8)
+        layer.clients[key] = self
+
+    def deliver(self, resp: SipResponse) -> bool:
+        ok = self.inbox.put(resp)
+        if not ok:
+            self.layer.stats["rpl_dropped"] += 1
+        return ok
+
+    async def run(self) -> None:
+        layer, ended = self.layer, self.ended
+        transport = ended.transport
+        try:
+            now = trio.current_time()
+            req = parse_message_untrusted(self.data, stream=transport.reliable)
+            assert isinstance(req, SipRequest)
+            nict = ClientNonInviteTransaction(req, self.data, transport.reliable,
+                                              ended.timers.with_(f=None), now)
+            actions = nict.start(now)
+            while True:
+                for a in actions:
+                    if isinstance(a, Transmit):
+                        if a.retransmission:
+                            layer.stats["retransmissions"] += 1
+                        if not await transport.send(a.data, ended.dest):
+                            layer.stats["send_errors"] += 1
+                if nict.terminated:
+                    return
+                resp = await self.inbox.get(nict.next_deadline())
+                now = trio.current_time()
+                try:
+                    actions = (nict.receive_response(resp, now) if resp is not None
+                               else nict.handle_timer(now))
+                except RemoteProtocolError:
+                    actions = []
+        except Exception:  # never the server's end: the CANCEL is a courtesy to the callee
+            log.exception("late CANCEL %s failed", self.key.branch)
+        finally:
+            self.inbox.close()
+            if layer.clients.get(self.key) is self:
+                del layer.clients[self.key]
 
 
 @dataclass
