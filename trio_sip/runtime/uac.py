@@ -74,6 +74,7 @@ import trio
 from ..dns.resolver import supported_transports
 from ..dns.rfc3263 import Resolution
 from ..proxy.stateless import NextHop, target_of_uri, via_line
+from ..script.modparams import modparams_of
 from ..sip.digest import DigestError, digest_credentials
 from ..sip.errors import BadMessage
 from ..sip.headers import (
@@ -103,9 +104,6 @@ DEFAULT_CSEQ = 10
 #: ``headers`` they are refused
 _OWN_HEADERS = frozenset({"via", "content-length", "cseq", "call-id", "from", "to",
                           "max-forwards"})
-#: at most this many local transactions at once (each is a task and a table entry), unless
-#: ``[modparams.uac] max_pending`` says otherwise
-MAX_PENDING = 10_000
 
 
 class UacError(Exception):
@@ -468,8 +466,11 @@ class LocalUacLayer:
         layer = core.tm
         if layer.nursery is None:
             raise UacError("the server is not running", 500)
-        params = (getattr(core, "modparams", None) or {}).get("uac")
-        limit = getattr(params, "max_pending", MAX_PENDING)
+        from ..modules.uac import UacParams  # that module builds on this one
+
+        # at most this many local transactions at once (each is a task and a table
+        # entry): [modparams.uac] max_pending, 10,000 by default
+        limit = modparams_of(core, "uac", UacParams).max_pending
         if len(self.pending) >= limit:
             self.stats["refused"] += 1
             raise UacError(f"too many local transactions pending ({limit})", 503)

@@ -115,11 +115,10 @@ class ScriptedHttp(httpx.AsyncBaseTransport):
         :class:`~trio_sip.modules.http_client.HttpClient` with the server's
         ``[modparams.http_client]`` (or ``params``) and loopback guard. Returns it."""
         from ..modules.http_client import HttpClient, HttpClientParams
+        from ..script.modparams import modparams_of
 
-        if params is None:
-            params = (getattr(core, "modparams", None) or {}).get("http_client")
         if not isinstance(params, HttpClientParams):
-            params = HttpClientParams()
+            params = modparams_of(core, "http_client", HttpClientParams)
         client = HttpClient(params, guard=getattr(core, "guard", None), transport=self)
         core.http_client = client
         return client
