@@ -251,7 +251,8 @@ def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     error = error_of({"lua": {"zzzzzz": 1}})
     assert error.key == "lua.zzzzzz"
     assert error.value == 1
-    assert error.rule == ("unknown key (known: routes, engine, path, request_route, reply_route)")
+    assert error.rule == ("unknown key (known: routes, engine, path, request_route, reply_route,"
+                          " route_budget_ms)")
 
 
 def test_section_must_be_a_table() -> None:

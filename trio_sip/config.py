@@ -507,6 +507,10 @@ class LuaConfig(_Section):
     path: tuple[str, ...] = field(default=(), metadata=_checks(_each(_lua_dir), path=True))
     request_route: str = field(default="ksr_request_route", metadata=_checks(_lua_name))
     reply_route: str = field(default="ksr_reply_route", metadata=_checks(_lua_name))
+    #: CPU time (ms) a route may run without waiting before it is stopped with an error
+    #: naming its file:line (a request gets a 500); 0: no limit. With a limit LuaJIT's
+    #: JIT is off (compiled code calls no hooks). README, "A first route"
+    route_budget_ms: int = field(default=1000, metadata=_checks(_between(0, 3_600_000)))
 
 
 @dataclass(frozen=True)

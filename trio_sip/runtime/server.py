@@ -203,6 +203,7 @@ def build_engine(config: Config, modules: Sequence[Module] | None = None, *,
               if previous is None else
               ReloadedEngine(mods, engine=config.lua.engine, lua_path=config.lua.path,
                              previous=previous))
+    engine.set_route_budget(config.lua.route_budget_ms)
     engine.load_routes(config.lua.routes)
     problems = check_routes(
         config.lua.routes, mods, request_route=config.lua.request_route,

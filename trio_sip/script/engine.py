@@ -79,10 +79,56 @@ local function finish(id, co, prev, ok, a, ...)
   cos[id] = co; co_method[id] = method
   return 1, a, ...
 end
+-- The route budget: a run of a route coroutine (from its start or a resume to its end
+-- or next wait) may use budget_ms of CPU time (0: no limit). A count hook every STEP
+-- instructions looks at the clock; past the budget the run fails with the file:line it
+-- was at, and from then on every instruction of it fails again, so a pcall cannot
+-- swallow the error. Lua 5.x keeps hooks per coroutine, LuaJIT globally: the hook only
+-- acts in the coroutine it was set for (a route run that starts another, as a branch
+-- route inside t_relay does, saves and puts back the outer run's state). LuaJIT calls
+-- no hooks in compiled code, so with a budget its JIT is off: routes are interpreted,
+-- as Kamailio's app_lua (Lua 5.1) runs them.
+local sethook, getinfo, clock, running = debug.sethook, debug.getinfo, os.clock, coroutine.running
+local budget_ms, STEP = 0, 10000
+local run_co, run_started, run_over = nil, 0, nil
+local function budget_hook()
+  if running() ~= run_co then return end
+  local why = run_over
+  if why == nil then
+    -- the clock is read from the first hook on (STEP instructions in): most runs end
+    -- before, and pay no clock read at all
+    if run_started == nil then run_started = clock() return end
+    if (clock() - run_started) * 1000 <= budget_ms then return end
+    local i = getinfo(2, "Sl")
+    why = (i and (i.short_src .. ":" .. (i.currentline or 0) .. ": ") or "")
+      .. "route budget exceeded (" .. budget_ms .. " ms of CPU without a wait)"
+    run_over = why
+    sethook(run_co, budget_hook, "", 1)
+  end
+  error(why, 0)
+end
+local function unbudget(id, co, prev, oco, ostarted, oover, ...)
+  sethook(co)
+  run_co, run_started, run_over = oco, ostarted, oover
+  if oco ~= nil then sethook(oco, budget_hook, "", oover and 1 or STEP) end
+  return finish(id, co, prev, ...)
+end
+local function budgeted(id, co, prev, ...)
+  local oco, ostarted, oover = run_co, run_started, run_over
+  run_co, run_started, run_over = co, nil, nil
+  sethook(co, budget_hook, "", STEP)
+  return unbudget(id, co, prev, oco, ostarted, oover, resume(co, ...))
+end
+function tsip_set_budget(ms)
+  budget_ms = ms
+  -- LuaJIT calls no hook in compiled code: a loop it compiled would never be stopped
+  if ms > 0 and type(jit) == "table" then jit.off() jit.flush() end
+end
 function tsip_start(id, fn, method, ...)
   local co = create(fn)
   local prev = cur_method
   cur_method = method
+  if budget_ms > 0 then return budgeted(id, co, prev, ...) end
   return finish(id, co, prev, resume(co, ...))
 end
 function tsip_resume(id, ...)
@@ -90,6 +136,7 @@ function tsip_resume(id, ...)
   if co == nil then return -1, "coroutine is gone", "" end
   local prev = cur_method
   cur_method = co_method[id]
+  if budget_ms > 0 then return budgeted(id, co, prev, ...) end
   return finish(id, co, prev, resume(co, ...))
 end
 -- KSR.<export> with a Lua fast path: fast(method, ...) answers unless it returns nil
@@ -210,6 +257,7 @@ class ScriptEngine:
         self._set_package_path(lua_path)
         self._build_ksr()
         self.routes_path: str | None = None
+        self.route_budget_ms = 0
 
     # -- setup ----------------------------------------------------------------
 
@@ -353,6 +401,13 @@ class ScriptEngine:
         """Forget a suspended coroutine (its transaction ended): it never runs again."""
         owner = self._owners.pop(co_id, self)
         owner._abandon(co_id)
+
+    def set_route_budget(self, ms: int) -> None:
+        """CPU time a route run may take between waits (``[lua] route_budget_ms``; 0: no
+        limit). Past it the run fails with its file:line, as any error in a route does:
+        a request gets a 500, the server goes on."""
+        self.lua.globals().tsip_set_budget(int(ms))
+        self.route_budget_ms = int(ms)
 
     @property
     def pending_coroutines(self) -> int:
