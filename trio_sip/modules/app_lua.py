@@ -34,7 +34,9 @@ the error again, so a ``pcall`` inside the chunk cannot swallow it; ``debug.seth
 is refused while a budgeted chunk runs. With LuaJIT, the chunk's functions (and those
 called by ``run``) are run by the interpreter (``jit.off(f, true)``: compiled code
 does not call hooks); a loop inside another function the chunk calls that LuaJIT has
-already compiled is not interrupted (lua54 has no such gap). Memory is not bounded.
+already compiled is not interrupted (lua54 has no such gap), unless ``[lua]
+route_budget_ms`` is on (the default), which turns LuaJIT's JIT off altogether. Memory
+is not bounded.
 
 Params (``[modparams.app_lua]``): ``budget_instructions`` (default 10000000; 0: no
 limit) and ``budget_ms`` (default 1000; 0: no limit), both settable at runtime
