@@ -13,7 +13,7 @@ from ..script.context import MsgContext
 from ..script.exports import REQUEST_ROUTES, ModuleBuilder, RouteType
 from ..sip.errors import BadMessage
 from ..sip.message import SipRequest
-from ..sip.uri import URI, parse_uri_untrusted
+from ..sip.uri import URI, parse_uri_untrusted, shared_uri_untrusted
 
 log = logging.getLogger("trio_sip.script")
 
@@ -89,7 +89,7 @@ def _uri_is_myself(ctx: MsgContext, text: str | None) -> bool:
         # Kamailio's is_myself() takes anything else as a host name ("127.0.0.1")
         return bool(ctx.core.is_myself(text.strip().strip("[]").lower(), None, ""))
     try:
-        u = parse_uri_untrusted(text)
+        u = shared_uri_untrusted(text)  # read only: no copy
     except BadMessage:
         return False
     return bool(ctx.core.is_myself(u.host_bare, u.port, u.transport))

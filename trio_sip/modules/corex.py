@@ -64,7 +64,7 @@ def append_branch_uri_q(ctx: MsgContext, uri: str, q: str) -> int:
 def has_ruri_user(ctx: MsgContext) -> int:
     """1 if the R-URI has a user part."""
     req = ctx.msg
-    return 1 if isinstance(req, SipRequest) and req.ruri.user else -1
+    return 1 if isinstance(req, SipRequest) and req.ruri_view.user else -1
 
 
 @m.export()
