@@ -101,7 +101,11 @@ _SETUP = (
     "if tsip_app_lua_chunk == nil then "
     "  local cache, used, n, tick = {}, {}, 0, 0 "
     "  local compile = loadstring or load "
-    "  local sethook, gethook, getinfo = debug.sethook, debug.gethook, debug.getinfo "
+    # the raw sethook for the chunk's own hooks; a script's debug.sethook goes through
+    # the route budget's guard (script/engine.py) and then this module's
+    "  local sethook, gethook, getinfo = tsip_sethook or debug.sethook, debug.gethook, "
+    "    debug.getinfo "
+    "  local guarded_sethook = debug.sethook "
     "  local create, resume, status, yield, running = coroutine.create, coroutine.resume, "
     "    coroutine.status, coroutine.yield, coroutine.running "
     "  local clock, select, unpack = os.clock, select, table.unpack or unpack "
@@ -125,7 +129,7 @@ _SETUP = (
     "  end "
     "  debug.sethook = function(...) "
     "    if active > 0 then error('debug.sethook is not allowed in a budgeted app_lua chunk', 2) end "
-    "    return sethook(...) "
+    "    return guarded_sethook(...) "
     "  end "
     "  local function pack(...) return {n = select('#', ...), ...} end "
     # Lua 5.x keeps the hook function per coroutine: one a budgeted chunk creates gets

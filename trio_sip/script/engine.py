@@ -83,46 +83,101 @@ end
 -- or next wait) may use budget_ms of CPU time (0: no limit). A count hook every STEP
 -- instructions looks at the clock; past the budget the run fails with the file:line it
 -- was at, and from then on every instruction of it fails again, so a pcall cannot
--- swallow the error. Lua 5.x keeps hooks per coroutine, LuaJIT globally: the hook only
--- acts in the coroutine it was set for (a route run that starts another, as a branch
--- route inside t_relay does, saves and puts back the outer run's state). LuaJIT calls
--- no hooks in compiled code, so with a budget its JIT is off: routes are interpreted,
--- as Kamailio's app_lua (Lua 5.1) runs them.
-local sethook, getinfo, clock, running = debug.sethook, debug.getinfo, os.clock, coroutine.running
-local budget_ms, STEP = 0, 10000
+-- swallow the error. The hook counts in every coroutine but the main thread (where the
+-- driver runs, and what Python calls): coroutines a route creates are part of its run.
+-- A run started while another is in progress (a branch route inside t_relay) has its
+-- own budget, and its time is not charged to the outer run; when it returns the outer
+-- run's time is checked at once. Lua 5.x keeps hooks per coroutine (a new one inherits
+-- its creator's), LuaJIT one global hook: there the hook in place before a nested run
+-- (the outer run's, or an app_lua chunk's) is put back after it. LuaJIT calls no hooks
+-- in compiled code, so with a budget its JIT is off: routes are interpreted, as
+-- Kamailio's app_lua (Lua 5.1) runs them. Only Lua instructions are counted: a run that
+-- spends its time in C functions (a huge string.rep) is checked every STEP instructions.
+local sethook, gethook, getinfo = debug.sethook, debug.gethook, debug.getinfo
+local clock, running = os.clock, coroutine.running
+local LUAJIT = type(jit) == "table"
+local budget_ms, STEP = 0, 1000
+-- the run in progress: its coroutine, when its clock started (less the time of the
+-- runs nested in it), and its error once it is over budget
 local run_co, run_started, run_over = nil, 0, nil
 local function budget_hook()
-  if running() ~= run_co then return end
+  if run_co == nil then return end
+  local co, main = running()
+  if co == nil or main then return end
   local why = run_over
   if why == nil then
-    -- the clock is read from the first hook on (STEP instructions in): most runs end
-    -- before, and pay no clock read at all
-    if run_started == nil then run_started = clock() return end
     if (clock() - run_started) * 1000 <= budget_ms then return end
     local i = getinfo(2, "Sl")
     why = (i and (i.short_src .. ":" .. (i.currentline or 0) .. ": ") or "")
       .. "route budget exceeded (" .. budget_ms .. " ms of CPU without a wait)"
     run_over = why
-    sethook(run_co, budget_hook, "", 1)
+    sethook(co, budget_hook, "", 1)
+    if co ~= run_co then sethook(run_co, budget_hook, "", 1) end
   end
   error(why, 0)
 end
-local function unbudget(id, co, prev, oco, ostarted, oover, ...)
+local function unbudget(id, co, prev, oco, ospent, oover, h, mask, count, ...)
   sethook(co)
-  run_co, run_started, run_over = oco, ostarted, oover
-  if oco ~= nil then sethook(oco, budget_hook, "", oover and 1 or STEP) end
+  run_co, run_over = oco, oover
+  if oco ~= nil then
+    run_started = clock() - ospent
+    -- the outer run may be over already (its hook had not come round yet): its next
+    -- instruction looks
+    local now = (oover or ospent * 1000 > budget_ms) and 1 or nil
+    if LUAJIT then
+      if h == budget_hook then sethook(h, mask, now or count)
+      elseif h ~= nil then sethook(h, mask, count) end
+    elseif now then
+      sethook(oco, budget_hook, "", 1)
+    end
+  elseif LUAJIT and h ~= nil then
+    sethook(h, mask, count)
+  end
   return finish(id, co, prev, ...)
 end
 local function budgeted(id, co, prev, ...)
-  local oco, ostarted, oover = run_co, run_started, run_over
-  run_co, run_started, run_over = co, nil, nil
+  local oco, oover = run_co, run_over
+  local now = clock()
+  local ospent = oco ~= nil and now - run_started or 0
+  local h, mask, count
+  if LUAJIT then h, mask, count = gethook() end
+  run_co, run_started, run_over = co, now, nil
   sethook(co, budget_hook, "", STEP)
-  return unbudget(id, co, prev, oco, ostarted, oover, resume(co, ...))
+  return unbudget(id, co, prev, oco, ospent, oover, h, mask, count, resume(co, ...))
 end
 function tsip_set_budget(ms)
   budget_ms = ms
   -- LuaJIT calls no hook in compiled code: a loop it compiled would never be stopped
-  if ms > 0 and type(jit) == "table" then jit.off() jit.flush() end
+  if ms > 0 and LUAJIT then jit.off() jit.flush() end
+end
+-- Lua 5.x calls a coroutine's Lua hook only if it was set for that coroutine: one a
+-- route creates gets the run's hook (LuaJIT's one hook covers every coroutine)
+if not LUAJIT then
+  local co_create, pack, unpack = coroutine.create, table.pack, table.unpack or unpack
+  coroutine.create = function(f)
+    local c = co_create(f)
+    if run_co ~= nil then sethook(c, budget_hook, "", run_over and 1 or STEP) end
+    return c
+  end
+  local co_wrap = coroutine.wrap
+  coroutine.wrap = function(f)
+    if run_co == nil then return co_wrap(f) end
+    local c = coroutine.create(f)
+    return function(...)
+      local r = pack(resume(c, ...))
+      if not r[1] then error(r[2], 0) end
+      return unpack(r, 2, r.n)
+    end
+  end
+end
+-- app_lua's chunk budget sets its hooks with this (a route may not: see below)
+tsip_sethook = sethook
+-- a route that took the hook off (or put its own in its place) would escape the budget
+debug.sethook = function(...)
+  if budget_ms > 0 and run_co ~= nil then
+    error("debug.sethook is not allowed in a route while [lua] route_budget_ms is on", 2)
+  end
+  return sethook(...)
 end
 function tsip_start(id, fn, method, ...)
   local co = create(fn)
