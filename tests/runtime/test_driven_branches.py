@@ -84,16 +84,6 @@ def answer(uas: SimUA, *codes: int) -> None:
     uas.on_request = handler
 
 
-def times(ua: SimUA, t0: float, *, method: str | None = None, status: int | None = None
-          ) -> list[float]:
-    out = []
-    for r in ua.received:
-        m = r.msg
-        if status is None and isinstance(m, SipRequest) and m.method == method:
-            out.append(r.at - t0)
-        elif status is not None and isinstance(m, SipResponse) and m.status == status:
-            out.append(r.at - t0)
-    return out
 
 
 def slow_sends_to(server: Any, dest: Address, delay: float, ok: bool = False,
@@ -140,9 +130,9 @@ async def test_slow_send_on_one_branch_does_not_delay_the_other_branches(
         ok = await uac.expect_response(200, within=20)
         assert ok.status == 200
         await trio.sleep(1)
-        assert times(uas2, t0, method="INVITE") == [0.0]
-        assert times(uac, t0, status=200) == [0.0]
-        assert times(uas1, t0, method="INVITE") == []
+        assert uas2.times(t0, method="INVITE") == [0.0]
+        assert uac.times(t0, status=200) == [0.0]
+        assert uas1.times(t0, method="INVITE") == []
         nursery.cancel_scope.cancel()
 
 
@@ -175,7 +165,7 @@ async def test_slow_send_on_one_branch_does_not_hold_up_responses_of_another(
         await trio.sleep_until(t0 + 3)
         await uas2.send(uas2.response_to(inv2.msg, 200, "OK", to_tag="uas2"), inv2.source)
         await uac.expect_response(200, within=20)
-        assert times(uac, t0, status=200) == [3.0]
+        assert uac.times(t0, status=200) == [3.0]
         nursery.cancel_scope.cancel()
 
 
@@ -202,7 +192,7 @@ async def test_a_2xx_goes_up_before_the_cancels_to_the_other_branches(
         slow_sends_to(server, UAS1, 5.0, ok=True, count=1, proto="tcp")  # the CANCEL
         await uas2.send(uas2.response_to(inv2.msg, 200, "OK", to_tag="uas2"), inv2.source)
         await uac.expect_response(200, within=10)
-        assert times(uac, t0, status=200) == [1.0]
+        assert uac.times(t0, status=200) == [1.0]
         nursery.cancel_scope.cancel()
 
 
@@ -232,7 +222,7 @@ async def test_queued_response_is_not_starved_by_overdue_timers(
         await trio.sleep_until(t0 + 3)
         await uas2.send(uas2.response_to(inv2.msg, 200, "OK", to_tag="uas2"), inv2.source)
         await uac.expect_response(200, within=20)
-        assert times(uac, t0, status=200) == [3.0]
+        assert uac.times(t0, status=200) == [3.0]
         nursery.cancel_scope.cancel()
 
 
@@ -255,8 +245,8 @@ async def test_branch_added_by_a_route_continuation_while_the_loop_waits_is_serv
         await uac.send(invite(uac), PROXY)
         final = await uac.expect_response(final=True, within=20)
         assert final.status == 408
-        assert times(uas1, t0, method="INVITE") == [1.0, 1.5, 2.5, 4.5]
-        assert times(uac, t0, status=408)[0] == 5.0  # fr (4 s) from the relay at 1 s
+        assert uas1.times(t0, method="INVITE") == [1.0, 1.5, 2.5, 4.5]
+        assert uac.times(t0, status=408)[0] == 5.0  # fr (4 s) from the relay at 1 s
         assert server.core.tm.stats["tx_errors"] == 0
         nursery.cancel_scope.cancel()
 
@@ -284,7 +274,7 @@ async def test_caller_cancel_while_the_invite_send_is_in_progress(
         c = await uas1.expect_request("CANCEL")
         assert c.at - t0 == 3.0
         final = await uac.expect_response(final=True, method="INVITE", within=10)
-        assert (final.status, times(uac, t0, status=487)) == (487, [3.0])
+        assert (final.status, uac.times(t0, status=487)) == (487, [3.0])
         assert server.core.tm.stats["tx_errors"] == 0
         nursery.cancel_scope.cancel()
 
@@ -330,8 +320,8 @@ async def test_lingering_branch_of_an_earlier_serial_leg_is_still_served(
         ok = await uac.expect_response(200)
         assert ok.status == 200
         # one 180 (UAS2's), no 487 and no second final upstream
-        assert times(uac, t0, status=487) == []
-        assert times(uac, t0, status=180) == [1.0]
+        assert uac.times(t0, status=487) == []
+        assert uac.times(t0, status=180) == [1.0]
         assert server.core.tm.stats["tx_errors"] == 0
         nursery.cancel_scope.cancel()
 
@@ -367,7 +357,7 @@ async def test_a_branch_handler_that_raises_ends_that_branch_only(
         assert server.core.tm.stats["tx_errors"] == 1
         await uas2.send(uas2.response_to(inv2.msg, 200, "OK", to_tag="uas2"), inv2.source)
         ok = await uac.expect_response(final=True)
-        assert (ok.status, times(uac, t0, status=200)) == (200, [1.0])
+        assert (ok.status, uac.times(t0, status=200)) == (200, [1.0])
         nursery.cancel_scope.cancel()
 
 
@@ -456,11 +446,11 @@ async def test_a_flood_of_provisionals_does_not_lose_the_final(
         uas1.send_soon(inv.source, *([ringing] * 400), busy)
         for at in (0.5, 1.5, 3.5):  # Timer G until the ACK
             await trio.sleep_until(t0 + at)
-            if not times(uas1, t0, method="ACK"):
+            if not uas1.times(t0, method="ACK"):
                 await uas1.send(busy, inv.source)
         final = await uac.expect_response(final=True, method="INVITE", within=200)
         assert final.status == 486
-        assert times(uac, t0, status=486)[0] <= 3.5, dict(server.core.tm.stats)
+        assert uac.times(t0, status=486)[0] <= 3.5, dict(server.core.tm.stats)
         nursery.cancel_scope.cancel()
 
 
@@ -478,10 +468,10 @@ async def _flood_during_the_ack(server: Any, uac: SimUA, uas1: SimUA, t0: float)
     uas1.send_soon(inv.source, *([uas1.response_to(inv.msg, 183, "P")] * 400))
     for at in (0.5, 1.5, 3.5):  # Timer G until the ACK
         await trio.sleep_until(t0 + at)
-        if not times(uas1, t0, method="ACK"):
+        if not uas1.times(t0, method="ACK"):
             await uas1.send(busy, inv.source)
     await trio.sleep_until(t0 + 6)
-    assert times(uas1, t0, method="ACK") == [5.0]
+    assert uas1.times(t0, method="ACK") == [5.0]
 
 
 async def test_a_flood_during_a_send_does_not_crowd_out_the_branchs_own_final(
@@ -520,10 +510,10 @@ async def test_a_response_the_inbox_cannot_take_is_not_forwarded_statelessly(
         t0 = trio.current_time()
         await _flood_during_the_ack(server, uac, uas1, t0)
         assert server.core.tm.stats["rpl_dropped"] > 0
-        assert times(uac, t0, status=183) == []
+        assert uac.times(t0, status=183) == []
         # not before the transaction relays it when the ACK's send returns (5 s); then
         # the server transaction's own Timer G copies (the caller sends no ACK here)
-        assert times(uac, t0, status=486) == [5.0, 5.5]
+        assert uac.times(t0, status=486) == [5.0, 5.5]
         nursery.cancel_scope.cancel()
 
 
@@ -645,9 +635,9 @@ async def test_branch_timers_run_while_a_failure_route_waits(
         await uac.send(invite(uac), PROXY)
         final = await uac.expect_response(final=True, method="INVITE", within=10)
         assert final.status == 480
-        assert times(uac, t0, status=480)[0] == 4.0
+        assert uac.times(t0, status=480)[0] == 4.0
         await trio.sleep_until(t0 + 5)
-        assert times(uas1, t0, method="CANCEL") == [1.0, 1.5, 2.5, 4.5]
+        assert uas1.times(t0, method="CANCEL") == [1.0, 1.5, 2.5, 4.5]
         assert server.core.tm.stats["tx_errors"] == 0
         nursery.cancel_scope.cancel()
 
@@ -672,5 +662,5 @@ async def test_timer_g_runs_for_a_reply_sent_by_a_route_that_goes_on_waiting(
         t0 = trio.current_time()
         await uac.send(invite(uac), PROXY)
         await trio.sleep_until(t0 + 5)
-        assert times(uac, t0, status=486) == [1.0, 1.5, 2.5, 4.5]
+        assert uac.times(t0, status=486) == [1.0, 1.5, 2.5, 4.5]
         nursery.cancel_scope.cancel()

@@ -33,11 +33,6 @@ E_SCHEDULE = [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5]
 A_SCHEDULE = [0, 0.5, 1.5, 3.5, 7.5, 15.5]
 
 
-def times(ua: SimUA, t0: float, method: str) -> list[float]:
-    return [r.at - t0 for r in ua.received
-            if isinstance(r.msg, SipRequest) and r.msg.method == method]
-
-
 def answer(uas: SimUA, *codes: int, delay: float = 0.0, cancel_487: bool = True,
            body: bytes = b"") -> None:
     """``uas`` answers the first copy of each request with ``codes`` after ``delay``; a
@@ -81,9 +76,9 @@ async def test_non_invite_timer_e_then_local_408_at_fr(autojump_clock, write_rou
         result = await uac.wait()
         assert (result.code, result.reason, result.local) == (408, "Request Timeout", True)
         assert trio.current_time() - t0 == 30.0
-        assert times(uas, t0, "OPTIONS") == E_SCHEDULE
+        assert uas.times(t0, "OPTIONS") == E_SCHEDULE
         await trio.sleep(60)
-        assert times(uas, t0, "OPTIONS") == E_SCHEDULE  # nothing after the 408
+        assert uas.times(t0, "OPTIONS") == E_SCHEDULE  # nothing after the 408
         await trio.testing.wait_all_tasks_blocked()
         assert not layer.pending and not server.core.tm.clients
         stats = server.core.tm.statistics()
@@ -102,8 +97,8 @@ async def test_invite_timer_a_then_408(autojump_clock, write_routes) -> None:
         result = await uac.wait()
         assert (result.code, trio.current_time() - t0) == (408, 30.0)
         await trio.sleep(60)
-        assert times(uas, t0, "INVITE") == A_SCHEDULE
-        assert times(uas, t0, "CANCEL") == []  # nothing rang: nothing to cancel
+        assert uas.times(t0, "INVITE") == A_SCHEDULE
+        assert uas.times(t0, "CANCEL") == []  # nothing rang: nothing to cancel
         nursery.cancel_scope.cancel()
 
 
@@ -119,7 +114,7 @@ async def test_message_answered_after_one_second(autojump_clock, write_routes) -
         result = await uac.wait()
         assert (result.code, result.reason, result.body) == (200, "OK", b"pong")
         assert trio.current_time() - t0 == 1.0
-        assert times(uas, t0, "MESSAGE") == [0, 0.5]  # Timer E, then the 200 at 1.0
+        assert uas.times(t0, "MESSAGE") == [0, 0.5]  # Timer E, then the 200 at 1.0
         req = uas.requests()[0]
         assert req.get("x-test") == "1" and req.body == b"hello"
         assert req.get("content-type") == "text/plain"
@@ -129,7 +124,7 @@ async def test_message_answered_after_one_second(autojump_clock, write_routes) -
         assert req.cseq_num == 10 and req.get("max-forwards") == "70"
         assert req.via1 is not None and req.via1.branch.startswith("z9hG4bK")
         await trio.sleep(40)
-        assert times(uas, t0, "MESSAGE") == [0, 0.5]
+        assert uas.times(t0, "MESSAGE") == [0, 0.5]
         nursery.cancel_scope.cancel()
 
 
@@ -182,7 +177,7 @@ async def test_fr_inv_after_180_then_cancel_and_408(autojump_clock, write_routes
         cancel = await uas.expect_request("CANCEL", within=1)
         assert cancel.at - t0 == 4.0  # §16.8 for the local INVITE too
         await trio.sleep(1)
-        assert times(uas, t0, "ACK") == [4.0]  # the 487 after the CANCEL, ACKed
+        assert uas.times(t0, "ACK") == [4.0]  # the 487 after the CANCEL, ACKed
         nursery.cancel_scope.cancel()
 
 
@@ -221,7 +216,7 @@ async def test_cancel_before_any_provisional_waits_for_one(autojump_clock,
         assert uac.cancel()
         result = await uac.wait()
         assert result.code == 487
-        assert times(uas, t0, "CANCEL") == [3.0]
+        assert uas.times(t0, "CANCEL") == [3.0]
         nursery.cancel_scope.cancel()
 
 
@@ -234,7 +229,7 @@ async def test_per_request_timeout_and_outbound_proxy(autojump_clock, write_rout
             "NOTIFY", f"sip:bob@{UAS}", outbound=f"sip:{PROXY2}", timeout=2.0))
         result = await uac.wait()
         assert (result.code, trio.current_time() - t0) == (408, 2.0)
-        assert times(proxy, t0, "NOTIFY") == [0, 0.5, 1.5]
+        assert proxy.times(t0, "NOTIFY") == [0, 0.5, 1.5]
         assert uas.received == []
         assert proxy.requests()[0].ruri_text == f"sip:bob@{UAS}"  # R-URI kept
         nursery.cancel_scope.cancel()
@@ -324,7 +319,7 @@ async def test_over_tcp_no_retransmissions(autojump_clock, write_routes) -> None
         uac = local_uacs(server.core).send(UacRequest("MESSAGE", f"sip:bob@{UAS};transport=tcp"))
         result = await uac.wait()
         assert (result.code, trio.current_time() - t0) == (202, 5.0)
-        assert times(uas, t0, "MESSAGE") == [0]
+        assert uas.times(t0, "MESSAGE") == [0]
         assert uas.requests()[0].via1.transport.upper() == "TCP"  # type: ignore[union-attr]
         nursery.cancel_scope.cancel()
 

@@ -274,5 +274,23 @@ class SimUA:
     def requests(self) -> list[SipRequest]:
         return [r.msg for r in self.received if isinstance(r.msg, SipRequest)]
 
+    def times(self, t0: float = 0.0, method: str | None = None, *,
+              status: int | None = None) -> list[float]:
+        """When this UA received requests of ``method`` (with ``status``: responses with
+        that status, to ``method`` if given), in seconds from ``t0``, counting only what
+        came at ``t0`` or later: ``uas.times(t0, "ACK") == [0, 8]``."""
+        out = []
+        for r in self.received:
+            m = r.msg
+            if r.at < t0:
+                continue
+            if status is None:
+                if isinstance(m, SipRequest) and m.method == method:
+                    out.append(r.at - t0)
+            elif isinstance(m, SipResponse) and m.status == status and (
+                    method is None or m.cseq_method == method):
+                out.append(r.at - t0)
+        return out
+
 
 INF = math.inf
