@@ -1,10 +1,11 @@
 """The CANCEL of a late 1xx to an ended INVITE branch is a non-INVITE client
 transaction of its own (runtime/transactions.py _LateCancel): with a 487 or a 2xx
 arriving meanwhile, at shutdown, over TCP, and after the branch's record expired.
-test_tm_timers.py has its retransmission schedule."""
+Sent once, as before, a lost CANCEL left the callee ringing."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import trio
@@ -57,6 +58,45 @@ async def ended_branch(net: SimNetwork, nursery: trio.Nursery, write_routes,  # 
     assert server.core.tm.servers == {}
     assert server.core.tm.clients == {}
     return server, uac, uas, inv, t0 + 10
+
+
+async def test_late_cancel_is_retransmitted_until_answered(
+        autojump_clock, write_routes) -> None:
+    """Over UDP the CANCEL is retransmitted on Timer E (T1, 2*T1, ... T2) until its final
+    response; a second late 180 while it runs starts no second CANCEL."""
+    async with SimNetwork(seed=26) as net, trio.open_nursery() as nursery:
+        server, uac, uas, inv, t0 = await ended_branch(net, nursery, write_routes)
+        assert isinstance(inv.msg, SipRequest)
+        await uas.send(uas.response_to(inv.msg, 180, "Ringing"), inv.source)
+        await trio.sleep_until(t0 + 2)
+        await uas.send(uas.response_to(inv.msg, 180, "Ringing"), inv.source)
+        # the callee "lost" the copies at 0, 0.5, 1.5 and 3.5; it answers the fifth
+        await trio.sleep_until(t0 + 7.5 + 0.1)
+        assert uas.times(t0, "CANCEL") == [0.0, 0.5, 1.5, 3.5, 7.5]
+        cancels = [r for r in uas.requests() if r.method == "CANCEL"]
+        assert {c.cseq_num for c in cancels} == {1}
+        await uas.send(uas.response_to(cancels[-1], 200, "OK"), inv.source)
+        await trio.sleep(40)  # no more copies after its 200, and none beyond Timer F
+        assert uas.times(t0, "CANCEL") == [0.0, 0.5, 1.5, 3.5, 7.5]
+        assert server.core.tm.clients == {}
+        assert uac.times(t0, status=180) == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_unanswered_late_cancel_gives_up_at_timer_f(
+        autojump_clock, write_routes) -> None:
+    async with SimNetwork(seed=27) as net, trio.open_nursery() as nursery:
+        server, _, uas, inv, t0 = await ended_branch(net, nursery, write_routes)
+        assert isinstance(inv.msg, SipRequest)
+        await uas.send(uas.response_to(inv.msg, 180, "Ringing"), inv.source)
+        await trio.sleep(60)
+        sent = uas.times(t0, "CANCEL")
+        # T1 = 0.5 doubling to T2 = 4, then every 4 s, until Timer F = 64*T1 = 32 s
+        assert sent[:5] == [0.0, 0.5, 1.5, 3.5, 7.5]
+        assert all(b - a == 4.0 for a, b in itertools.pairwise(sent[4:]))
+        assert sent[-1] < 32.0 <= sent[-1] + 4.0
+        assert server.core.tm.clients == {}
+        nursery.cancel_scope.cancel()
 
 
 async def test_487_while_the_late_cancel_retransmits(autojump_clock, write_routes) -> None:
