@@ -510,7 +510,8 @@ class LuaConfig(_Section):
     #: CPU time (ms) a route may run without waiting before it is stopped with an error
     #: naming its file:line (a request gets a 500); 0: no limit. With a limit LuaJIT's
     #: JIT is off (compiled code calls no hooks). README, "A first route"
-    route_budget_ms: int = field(default=1000, metadata=_checks(_between(0, 3_600_000)))
+    route_budget_ms: int = field(default=1000,
+                                 metadata=_checks(_between(0, 3_600_000), runtime=True))
 
 
 @dataclass(frozen=True)

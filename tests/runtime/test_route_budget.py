@@ -128,3 +128,32 @@ async def test_a_branch_route_that_loops_inside_t_relay(
     messages = [r.getMessage() for r in caplog.records]
     assert any("routes.lua:8: route budget exceeded" in m for m in messages)
     assert any("request route ended 500500" in m for m in messages)
+
+
+async def test_the_budget_is_settable_at_runtime(autojump_clock, write_routes) -> None:
+    """cfg.set lua route_budget_ms: checked as at start, applied to the next route run."""
+    from trio_sip.mi.registry import MiError
+
+    routes = write_routes(
+        "function ksr_request_route()\n"
+        "  local t = os.clock() while os.clock() - t < 0.03 do end\n"
+        "  KSR.sl.sl_send_reply(200, 'OK')\n"
+        "end\n"
+    )
+    async with SimNetwork(seed=9) as net, trio.open_nursery() as nursery:
+        server = await start_server(nursery, net, routes=routes, config=BUDGET)
+        assert server.registry is not None and server.mi is not None
+        uac = SimUA(net, UAC)
+        await uac.send(uac.request("OPTIONS", "sip:bob@127.0.0.1"), PROXY)
+        assert (await uac.expect_response(final=True)).status == 200  # 30 ms < 50 ms
+        got = server.registry.call_now("cfg.set", ["lua", "route_budget_ms", 10], server.mi)
+        assert got == {"group": "lua", "name": "route_budget_ms", "old": 50, "new": 10}
+        assert server.engine.route_budget_ms == 10
+        await uac.send(uac.request("OPTIONS", "sip:bob@127.0.0.1"), PROXY)
+        assert (await uac.expect_response(final=True, start=1)).status == 500
+        with pytest.raises(MiError, match=r"lua\.route_budget_ms"):
+            server.registry.call_now("cfg.set", ["lua", "route_budget_ms", -1], server.mi)
+        server.registry.call_now("cfg.set", ["lua", "route_budget_ms", 0], server.mi)
+        await uac.send(uac.request("OPTIONS", "sip:bob@127.0.0.1"), PROXY)
+        assert (await uac.expect_response(final=True, start=2)).status == 200
+        nursery.cancel_scope.cancel()

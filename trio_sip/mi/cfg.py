@@ -4,8 +4,8 @@ A value is runtime-settable when its field is marked so:
 
 * in a config section (trio_sip/config.py), ``field(..., metadata=_checks(...,
   runtime=True))``: every ``[tm]`` value (``fr_timer``, ``fr_inv_timer``,
-  ``wt_timer``, ``retr_timer1``/``retr_timer2`` (T1/T2), ``max_inv_lifetime``...)
-  and ``core.log_level``;
+  ``wt_timer``, ``retr_timer1``/``retr_timer2`` (T1/T2), ``max_inv_lifetime``...),
+  ``core.log_level`` and ``lua.route_budget_ms``;
 * in a module's params dataclass, ``field(default=..., metadata={"runtime": True})``
   (:func:`runtime_param`), for params the module reads at each use
   (``registrar`` ``default_expires``, ``min_expires``, ``max_expires``...).
@@ -33,7 +33,9 @@ section's checks across fields, e.g. ``fr_inv_timer <= max_inv_lifetime``; a mod
 
 When it takes effect: ``[tm]`` values apply to transactions created after the change
 (each keeps the values it started with, ``ServerTx.params``); the log level at once
-(every Lua engine's cached level flags are refreshed); a module param at its next use.
+(every Lua engine's cached level flags are refreshed); the route budget at each route
+run's next start or resume (LuaJIT's JIT stays off once a budget was on); a module param
+at its next use.
 Changes are not written back to the config file: a restart starts from the file.
 Kamailio's delayed changes (``cfg.set_delayed``/``cfg.commit``/``cfg.diff``) are not
 implemented: every change applies at once.
@@ -145,6 +147,13 @@ def _set_section(ctx: MiContext, section: str, name: str, value: Any) -> None:
         ctx.core.tm.params = new_section
     elif section == "core" and name == "log_level":
         _apply_log_level(ctx, value)
+    elif section == "lua" and name == "route_budget_ms":
+        # every generation of the routes: one still finishing its waits after a reload
+        # runs under the new budget too
+        from .reload import engines_in_flight
+
+        for engine in [ctx.core.engine, *(e for e, _n, _t in engines_in_flight(ctx.core))]:
+            engine.set_route_budget(value)
     _replace_config(ctx, dataclasses.replace(config, **{section: new_section}))
 
 
@@ -200,8 +209,8 @@ def _module_vars(ctx: MiContext) -> list[CfgVar]:
 
 def variables(ctx: MiContext) -> list[CfgVar]:
     """Every runtime-settable value of the server, by group then name."""
-    out = [*_section_vars(ctx, "core"), _debug_var(ctx), *_section_vars(ctx, "tm"),
-           *_module_vars(ctx)]
+    out = [*_section_vars(ctx, "core"), _debug_var(ctx), *_section_vars(ctx, "lua"),
+           *_section_vars(ctx, "tm"), *_module_vars(ctx)]
     return sorted(out, key=lambda v: (v.group, v.name))
 
 
