@@ -140,7 +140,8 @@ class Branch:
         self._mailbox: Mailbox[SipResponse] | None = None
         # a send on a reliable transport may wait (a TCP connect): such a branch runs in
         # a task of its own, so that it never holds up its transaction's other work
-        self._driven: bool = getattr(tx, "drives_branches", False) and not transport.reliable
+        self._owner_drives: bool = getattr(tx, "drives_branches", False)
+        self._driven = self._owner_drives and not transport.reliable
         #: highest status received (0: none), and the final response once there is one
         self.last_status = 0
         self.final: SipResponse | None = None
@@ -261,15 +262,20 @@ class Branch:
         except Exception:
             # a bug in a handler ends this branch (a local 500), not its owner's nursery
             # (t_replicate and the local UAC run branches in the layer's: the server's)
-            log.exception("branch %d to %s failed", self.index, self.uri)
-            self.tx.layer.stats["tx_errors"] += 1
-            if self.pending:
-                self.local_status = 500
-                self.tx.post(BranchEvent(self, "failed"))
+            self.crashed()
         finally:
             mailbox.close()
             self.end()
-            self.tx.post(BranchEvent(self, "done"))
+            self._report("done")
+
+    def crashed(self) -> None:
+        """A handler of this branch raised (called from the ``except`` block): log and
+        count it; a pending branch ends with a local 500, reported to its owner."""
+        log.exception("branch %d to %s failed", self.index, self.uri)
+        self.tx.layer.stats["tx_errors"] += 1
+        if self.pending:
+            self.local_status = 500
+            self._report("failed")
 
     async def begin(self) -> None:
         """Register for responses, arm fr, send the request."""
@@ -290,7 +296,7 @@ class Branch:
                 timers, self._new_timers = self._new_timers, None
                 await self._execute(self.machine.set_timers(timers, trio.current_time()))
                 continue
-            if self.cancel_requested and not self.cancel_sent:
+            if self._cancel_due:
                 await self._maybe_send_cancel()
             return not (self.lingering and not self.tx.keeps_lingering_branches)
         return False
@@ -299,8 +305,7 @@ class Branch:
         """Whether ``prepare`` has more to do than check that the branch goes on: for an
         owner that keeps lingering branches (a server transaction), ``prepare()`` is
         ``not self.machine.terminated`` when this is False."""
-        return self._new_timers is not None or (
-            self.cancel_requested and not self.cancel_sent and self.method == "INVITE")
+        return self._new_timers is not None or self._cancel_due
 
     def deadline(self) -> float:
         """When ``timeout`` has something to do."""
@@ -409,8 +414,13 @@ class Branch:
             await self._maybe_send_cancel()
         self._report("timeout")
 
+    @property
+    def _cancel_due(self) -> bool:
+        """A CANCEL was asked for and not sent yet (INVITE branches only)."""
+        return self.cancel_requested and not self.cancel_sent and self.method == "INVITE"
+
     async def _maybe_send_cancel(self) -> None:
-        if self.cancel_sent or self.method != "INVITE":
+        if not self._cancel_due:
             return
         machine = self.machine
         assert isinstance(machine, ClientInviteTransaction)
@@ -495,10 +505,15 @@ class Branch:
         self._tell(BranchEvent(self, kind))
 
     def _tell(self, event: BranchEvent) -> None:
-        """Tell the owner: a driven branch's events are its transaction's own making
-        (``ServerTx.report``: never dropped); others go through the owner's inbox."""
-        if self._driven:
+        """Tell the owner. A server transaction keeps its branches' events on its own
+        unbounded queue (``ServerTx.report``), never in its bounded inbox, which a flood
+        from outside could fill: a driven branch's are its task's own making, one in a
+        task of its own (reliable transport) wakes it. Other owners take them through
+        ``post``."""
+        if self._owner_drives:
             self.tx.report(event)
+            if not self._driven:
+                self.tx.wake()
         else:
             self.tx.post(event)
 

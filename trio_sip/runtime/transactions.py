@@ -626,11 +626,7 @@ class ServerTx:
         try:
             return bool(await step)
         except Exception:
-            log.exception("transaction %d: branch %d failed", self.index, b.index)
-            self.layer.stats["tx_errors"] += 1
-            if b.pending:
-                b.local_status = 500
-                self.report(BranchEvent(b, "failed"))
+            b.crashed()
             b.end()
             return False
 
@@ -673,9 +669,7 @@ class ServerTx:
             if event is None:
                 await self._branch_timeouts(now)
             elif isinstance(event, BranchResponse):
-                b = event.branch
-                if b.started and not b.ended:
-                    await self._drive(b, b.receive(event.response, now))
+                await self._handle(event)
             else:
                 self._events.append(event)  # the task's, after the route
 

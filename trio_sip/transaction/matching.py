@@ -163,12 +163,11 @@ def cancel_target_key(cancel: SipRequest) -> AnyServerKey:
 
 
 def _key(req: SipRequest, method: str) -> AnyServerKey:
-    # asked several times per message: _top_via and is_rfc3261_branch inlined
-    via = req.via1
-    if via is None:  # the parser refuses a message without Via
-        raise ValueError("message without a parsed top Via")
+    # (once per request: server_key is memoized on the request)
+    via = _top_via(req)
     branch = via.branch
-    if branch is not None and branch.startswith(MAGIC_COOKIE):
+    if is_rfc3261_branch(branch):
+        assert branch is not None
         return ServerKey(branch, via.host.lower(), via.port, method)
     return LegacyServerKey(
         request_uri=_received_ruri(req),
