@@ -476,12 +476,11 @@ async def _flood_during_the_ack(server: Any, uac: SimUA, uas1: SimUA, t0: float)
 
 async def test_a_flood_during_a_send_does_not_crowd_out_the_branchs_own_final(
         autojump_clock, write_routes) -> None:
-    """The branch passes its 486 up when the ACK's send returns, at 5 s, through the
-    transaction's inbox, which the flood has filled: the transaction's own event is
-    dropped (events_dropped), the machine has absorbed the 486 already (its
-    retransmissions only get the ACK again), and the transaction relays the 486 at its
-    lifetime (180 s). With a task per branch the flood filled the branch's inbox, not
-    the transaction's, and the 486 was relayed at 5 s."""
+    """The branch passes its 486 up when the ACK's send returns, at 5 s, while a flood
+    has filled the transaction's inbox. The branch's event goes on the transaction's own
+    queue (ServerTx.report), so the 486 is relayed then, once. Through the inbox it was
+    dropped (events_dropped), the machine had absorbed the 486 already, and the
+    transaction relayed it only at its lifetime (180 s)."""
     r = write_routes(routes("  KSR.tm.t_relay()\n"))
     async with SimNetwork(seed=10) as net, trio.open_nursery() as nursery:
         server = await start_server(nursery, net, routes=r)
@@ -497,11 +496,11 @@ async def test_a_flood_during_a_send_does_not_crowd_out_the_branchs_own_final(
 async def test_a_response_the_inbox_cannot_take_is_not_forwarded_statelessly(
         autojump_clock, write_routes) -> None:
     """A response that matches a client transaction whose inbox is full is dropped
-    (counted in rpl_dropped; a final is retransmitted by the callee). ``deliver``
-    returning False makes ``match_response`` say "no match", so the core forwards it
-    statelessly: the caller gets ~150 of the 183s the ICT absorbs (it is Completed),
-    and the callee's 486 retransmissions go up outside the transaction, a final it
-    never chose (§16.7: a proxy forwards the best final, once)."""
+    (counted in rpl_dropped; a final is retransmitted by the callee), never forwarded
+    statelessly. When ``deliver`` returning False made ``match_response`` say "no
+    match", the core forwarded it: the caller got ~150 of the 183s the ICT absorbs, and
+    the callee's 486 retransmissions went up outside the transaction, a final it never
+    chose (§16.7: a proxy forwards the best final, once)."""
     r = write_routes(routes("  KSR.tm.t_relay()\n"))
     async with SimNetwork(seed=11) as net, trio.open_nursery() as nursery:
         server = await start_server(nursery, net, routes=r)

@@ -132,10 +132,6 @@ def finals(ua: SimUA, method: str = "INVITE") -> list[int]:
     return [r.status for r in ua.responses() if r.status >= 200 and r.cseq_method == method]
 
 
-def requests_of(ua: SimUA, method: str) -> list[float]:
-    return [r.at for r in ua.received if isinstance(r.msg, SipRequest) and r.msg.method == method]
-
-
 def at(ua: SimUA, msg: object) -> float:
     return next(r.at for r in ua.received if r.msg is msg)
 
@@ -240,7 +236,7 @@ async def test_cancel_racing_a_200(autojump_clock, write_routes) -> None:
         assert finals(uac) == [200]  # no 487, no second final
         assert callee.final_sent == 200
         # the proxy's CANCEL reached the callee after its 200: answered 200, no effect
-        assert len(requests_of(uas, "CANCEL")) == 1
+        assert len(uas.times(0, "CANCEL")) == 1
         assert server.core.tm.stats["cancels"] == 1
         await settle(server)
         nursery.cancel_scope.cancel()
@@ -261,7 +257,7 @@ async def test_cancel_before_any_provisional_is_held_until_the_first_1xx(
         await uac.expect_response(200, method="CANCEL")
         cancel = await uas.expect_request("CANCEL")
         assert cancel.at == 2.0  # held until the 180, sent at once then
-        assert requests_of(uas, "INVITE") == [0, 0.5, 1.5]  # Timer A went on meanwhile
+        assert uas.times(0, "INVITE") == [0, 0.5, 1.5]  # Timer A went on meanwhile
         final = await uac.expect_response(final=True, method="INVITE")
         assert final.status == 487
         assert at(uac, final) == 2.0
@@ -283,7 +279,7 @@ async def test_cancel_with_a_callee_that_never_answers(autojump_clock, write_rou
         await call.cancel()
         final = await uac.expect_response(final=True, method="INVITE", within=60)
         assert (final.status, at(uac, final)) == (487, 30.0)
-        assert requests_of(uas, "CANCEL") == []
+        assert uas.times(0, "CANCEL") == []
         await call.ack(final)
         await settle(server)
         nursery.cancel_scope.cancel()
@@ -303,7 +299,7 @@ async def test_6xx_on_one_of_three_branches_cancels_the_others(
         await call.send()
         final = await uac.expect_response(final=True)
         assert final.status == 603
-        assert requests_of(ua1, "CANCEL") == [0.5] and requests_of(ua2, "CANCEL") == [0.5]
+        assert ua1.times(0, "CANCEL") == [0.5] and ua2.times(0, "CANCEL") == [0.5]
         await trio.sleep(5)
         assert set(finals(uac)) == {603}
         await call.ack(final)
@@ -328,7 +324,7 @@ async def test_no_new_branch_after_the_caller_cancelled(autojump_clock, write_ro
         final = await uac.expect_response(final=True, method="INVITE")
         assert final.status == 487
         await trio.sleep(1)
-        assert requests_of(ua2, "INVITE") == []  # §16.10: no new branches
+        assert ua2.times(0, "INVITE") == []  # §16.10: no new branches
         nursery.cancel_scope.cancel()
 
 
@@ -348,7 +344,7 @@ async def test_branch_route_drops_one_branch(autojump_clock, write_routes) -> No
         await Call(uac).send()
         final = await uac.expect_response(final=True)
         assert final.status == 200
-        assert requests_of(ua2, "INVITE") == []
+        assert ua2.times(0, "INVITE") == []
         nursery.cancel_scope.cancel()
 
 
@@ -469,7 +465,7 @@ async def test_t_replicate_sends_a_copy_whose_replies_are_absorbed(
         ok = await uac.expect_response(final=True)
         await trio.sleep(1)
         assert ok.status == 200 and finals(uac, "MESSAGE") == [200]
-        assert requests_of(ua2, "MESSAGE") == [0]
+        assert ua2.times(0, "MESSAGE") == [0]
         stats = server.core.tm.statistics()
         assert stats["replicated"] == 1 and stats["replicate_replies"] == 1
         await settle(server)
@@ -493,10 +489,10 @@ async def test_tmx_t_cancel_branches(autojump_clock, write_routes, which: str,
         Callee(ua2, nursery, (0, 180), (6, 200))
         await Call(uac).send()
         final = await uac.expect_response(final=True, within=20)
-        got = {i for i, ua in ((1, ua1), (2, ua2)) if requests_of(ua, "CANCEL")}
+        got = {i for i, ua in ((1, ua1), (2, ua2)) if ua.times(0, "CANCEL")}
         assert got == cancelled
         for ua in (ua1, ua2):
-            assert requests_of(ua, "CANCEL") in ([], [0.5])
+            assert ua.times(0, "CANCEL") in ([], [0.5])
         assert final.status == (487 if which == "all" else 200)
         nursery.cancel_scope.cancel()
 
@@ -596,7 +592,7 @@ async def test_hop_by_hop_ack_is_absorbed(autojump_clock, write_routes) -> None:
         await trio.sleep(1)
         assert server.core.shv["runs"] == 1  # the ACK never reached the script
         assert server.core.tm.statistics()["ack_absorbed"] == 1
-        assert requests_of(uas, "ACK") == [0]  # the proxy's own ACK (hop by hop)
+        assert uas.times(0, "ACK") == [0]  # the proxy's own ACK (hop by hop)
         assert len([r for r in uac.responses() if r.status == 486]) == 2  # 0 and 0.5 (G)
         nursery.cancel_scope.cancel()
 
@@ -622,7 +618,7 @@ async def test_rfc2543_request_retransmission_and_ack_matching(
         busy = await uac.expect_response(486)
         assert server.core.shv["runs"] == 1
         assert [r.status for r in uac.responses()] == [100, 100, 486]
-        assert len(requests_of(uas, "INVITE")) == 1
+        assert len(uas.times(0, "INVITE")) == 1
         await uac.send(call._make("ACK", to_tag="not-the-486-tag"), PROXY)
         await trio.sleep(0.1)
         assert server.core.shv["runs"] == 2  # not absorbed: routed (and relayed)

@@ -59,6 +59,7 @@ from ..rtpengine.protocol import NgError, wire_bytes
 from ..script import pv as pvmod
 from ..script.context import MsgContext
 from ..script.exports import ANY_ROUTE, ModuleBuilder, RouteType
+from ..script.modparams import modparams_of
 from ..script.ops import AsyncOp
 from ..sip.errors import BadMessage
 from ..sip.message import SipMessage, SipResponse
@@ -161,7 +162,7 @@ def client_for(core: Any) -> RtpengineClient:
     client = getattr(core, "rtpengine", None)
     if isinstance(client, RtpengineClient):
         return client
-    params = RtpengineParams.from_modparams(core.config.modparams.get("rtpengine", {}))
+    params = modparams_of(core, "rtpengine", RtpengineParams)
     if not params.rtpengine_sock:
         raise NgError("no rtpengine node: set [modparams.rtpengine] rtpengine_sock")
     nursery = core.tm.nursery

@@ -46,9 +46,10 @@ def _check(ctx: MsgContext, mflags: int, uflags: int) -> int:
     req = msg if isinstance(msg, SipRequest) else None
     if req is not None:
         if mflags & 2:
-            if req.ruri.scheme not in _SCHEMES:
+            scheme = req.ruri_view.scheme  # read only: no copy of the parse
+            if scheme not in _SCHEMES:
                 return _fail(ctx, 416, "Unsupported URI Scheme in Request URI",
-                             f"R-URI scheme {req.ruri.scheme!r}")
+                             f"R-URI scheme {scheme!r}")
         if mflags & 4:
             for h in ("via", "from", "to", "call-id", "cseq"):
                 if not msg.has(h):
@@ -71,7 +72,7 @@ def _check(ctx: MsgContext, mflags: int, uflags: int) -> int:
         if mflags & 1024:
             try:
                 if uflags & 1:
-                    _ = req.ruri
+                    _ = req.ruri_view
                 # the tags parse From/To if not done yet (BadMessage if they do not parse)
                 # without copying the parser's shared parse, as .from_/.to do
                 if uflags & 2:
@@ -84,7 +85,7 @@ def _check(ctx: MsgContext, mflags: int, uflags: int) -> int:
                 return _fail(ctx, 400, "Bad URI", exc.reason)
         if mflags & 4096:
             try:
-                for which, na in (("From", msg.from_), ("To", msg.to)):
+                for which, na in (("From", msg.from_view), ("To", msg.to_view)):
                     if sum(1 for k, _ in na.params if k.lower() == "tag") > 1:
                         return _fail(ctx, 400, f"Many {which} Tag Params",
                                      f"duplicated {which} tag")

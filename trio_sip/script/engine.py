@@ -605,8 +605,8 @@ def _make_wrapper(engine: ScriptEngine, qual: str, export: Export) -> Callable[.
 
     wrapper = checked
     simple = required == nparams and all(p in ("int", "str") for p in params)
-    # a non-bool export's result goes back as it is; a bool export's result is passed
-    # through ``checked`` only when it is not already a bool (rare: most return bools)
+    # a non-bool export's result goes back as it is; a bool export's result is turned
+    # into one (KEMI: > 0 is true) only when it is not already a bool (rare)
     if simple and nparams == 0:
         if bool_ret:
             def wrapper(*args: Any) -> Any:

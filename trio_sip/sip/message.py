@@ -231,12 +231,9 @@ class SipMessage:
         return out
 
     def routes(self, key: str = "route") -> list[tuple[int, NameAddr]]:
-        """(header index, address) for every Route (or Record-Route) element, in order."""
-        out: list[tuple[int, NameAddr]] = []
-        for i, h in enumerate(self.headers):
-            if h.key == key:
-                out.extend((i, na) for na in parse_name_addr_list_untrusted(h.value))
-        return out
+        """(header index, address) for every Route (or Record-Route) element, in order;
+        the addresses are the caller's own (:meth:`routes_view` for reading only)."""
+        return [(i, na.copy()) for i, na in self.routes_view(key)]
 
     def routes_view(self, key: str = "route") -> list[tuple[int, NameAddr]]:
         """As :meth:`routes`, but the addresses are the shared cached parses: read them,

@@ -154,15 +154,17 @@ def _edge(holder: object, held: object) -> str:
         frame = holder if isinstance(holder, FrameType) else (
             holder.cr_frame if isinstance(holder, CoroutineType) else holder.gi_frame)
         if frame is not None and frame.f_code.co_flags & inspect.CO_OPTIMIZED:
-            # f_locals of a function's frame is a snapshot the frame caches: emptied
-            # after the look, or it would keep what the function lets go of later
+            # f_locals of a function's frame is, up to Python 3.12, a snapshot dict the
+            # frame caches: emptied after the look, or it would keep what the function
+            # lets go of later (3.13's is a live proxy, with nothing to empty)
             snapshot = frame.f_locals
             try:
                 for k, v in snapshot.items():
                     if v is held:
                         return f"local {k!r}"
             finally:
-                snapshot.clear()
+                if isinstance(snapshot, dict):
+                    snapshot.clear()
     if getattr(holder, "__dict__", None) is held:
         return ".__dict__"
     if getattr(holder, "__closure__", None) is held:

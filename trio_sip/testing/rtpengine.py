@@ -187,9 +187,10 @@ async def attach_rtpengine(server: Any, net: SimNetwork, *, host: str = "127.0.0
     talks to scripted peers in virtual time. Returns the client."""
     from ..modules.rtpengine import RtpengineParams, _run_client
     from ..rtpengine import RtpengineClient, sim_endpoints
+    from ..script.modparams import modparams_of
 
     core = server.core
-    params = RtpengineParams.from_modparams(core.config.modparams.get("rtpengine", {}))
+    params = modparams_of(core, "rtpengine", RtpengineParams)
     client = RtpengineClient(params.client_config(), guard=core.guard,
                              open_endpoint=sim_endpoints(net, host, port))
     nursery = core.tm.nursery

@@ -279,6 +279,8 @@ class SimUA:
         """When this UA received requests of ``method`` (with ``status``: responses with
         that status, to ``method`` if given), in seconds from ``t0``, counting only what
         came at ``t0`` or later: ``uas.times(t0, "ACK") == [0, 8]``."""
+        if method is None and status is None:
+            raise TypeError("times() needs a method, a status, or both")
         out = []
         for r in self.received:
             m = r.msg
