@@ -288,7 +288,7 @@ end
 
 async def test_t_on_checks_the_functions_of_the_routes_in_force(
         autojump_clock: Any, write_routes: Any) -> None:
-    """t_on_* remembers the functions it found (modules/tm.py _KnownFunctions), per
+    """t_on_* remembers the functions it found (ScriptEngine.has_function), per
     script generation: after a reload that removes the function, arming it is refused
     again (-1), and one that a reload adds is found at once."""
     path = write_routes(ARMS.format(which="a", extra="function on_failure_a() end"))

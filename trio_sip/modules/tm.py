@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import weakref
 from typing import Any
 
 from ..runtime.transactions import TxSettings
@@ -184,42 +183,9 @@ def t_release(ctx: MsgContext) -> int:
 # -- arming routes --------------------------------------------------------------------------
 
 
-class _KnownFunctions:
-    """The route names t_on_* found in the last engine they were asked about.
-
-    Looking a Lua function up is a crossing into Lua (~0.7 us), and a call arms the same
-    few routes for every request. One script generation is one ScriptEngine (app_lua
-    reload makes a new one), so the names found are kept per engine (weakly: a replaced
-    engine is not kept alive); only hits are kept, so a missing function is looked up,
-    refused and logged every time, and one defined later is seen at once. What is not
-    seen: a route that sets a global it armed before to nil (the armed route is then
-    skipped when it is due, as for any missing route)."""
-
-    __slots__ = ("engine", "names")
-
-    def __init__(self) -> None:
-        self.engine: weakref.ref[Any] | None = None
-        self.names: set[str] = set()
-
-    def exists(self, engine: Any, name: str) -> bool:
-        ref = self.engine
-        if ref is None or ref() is not engine:
-            self.engine = weakref.ref(engine)
-            self.names = set()
-        elif name in self.names:
-            return True
-        if engine.function(name) is None:
-            return False
-        self.names.add(name)
-        return True
-
-
-_known_functions = _KnownFunctions()
-
-
 def _arm(kind: str) -> None:
     def fn(ctx: MsgContext, name: str) -> int:
-        if not _known_functions.exists(ctx.core.engine_for(ctx), name):
+        if not ctx.core.engine_for(ctx).has_function(name):
             log.error("t_on_%s(%r): no such function in the routes", kind, name)
             return -1
         if kind == "reply" and ctx.route_type == R.BRANCH:
