@@ -54,12 +54,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..sip.message import SipResponse
+from ..sip.message import SipRequest, SipResponse
 from ..sip.parser import parse_message_untrusted
 from ..transaction import (
     ClientInviteTransaction,
@@ -431,11 +432,7 @@ class Branch:
         self.cancel_sent = True
         data = machine.build_cancel(self.tx.cancel_reason_headers())
         now = trio.current_time()
-        req = parse_message_untrusted(data, stream=self.transport.reliable)
-        # the CANCEL is an ordinary NICT: RFC Timer F (64*T1), not the branch's fr-sized F
-        timers = machine.timers.with_(f=None)
-        nict = ClientNonInviteTransaction(req, data, self.transport.reliable,  # type: ignore[arg-type]
-                                          timers, now)
+        nict = cancel_transaction(data, self.transport.reliable, machine.timers, now)
         self._cancel_nict = nict
         self._cancel_key = client_key_for_request(self.branch_id, "CANCEL")
         self.tx.layer.clients[self._cancel_key] = _CancelSink(self)
@@ -493,13 +490,8 @@ class Branch:
                 pass
 
     async def _send(self, data: bytes, retransmission: bool) -> bool:
-        layer = self.tx.layer
-        if retransmission:
-            layer.stats["retransmissions"] += 1
-        ok = await self.transport.send(data, self.dest)
-        if not ok:
-            layer.stats["send_errors"] += 1
-        return ok
+        return await send_counted(self.tx.layer.stats, self.transport, self.dest, data,
+                                  retransmission)
 
     def _report(self, kind: str) -> None:
         self._tell(BranchEvent(self, kind))
@@ -516,6 +508,28 @@ class Branch:
                 self.tx.wake()
         else:
             self.tx.post(event)
+
+
+def cancel_transaction(data: bytes, reliable: bool, invite_timers: TimerConfig,
+                       now: float) -> ClientNonInviteTransaction:
+    """The non-INVITE client transaction of a CANCEL (``data``, as built from the INVITE
+    as sent), for a branch and for a late 1xx to an ended one (transactions.py
+    _LateCancel). An ordinary NICT: RFC Timer F (64*T1), not the branch's fr-sized F."""
+    req = parse_message_untrusted(data, stream=reliable)
+    assert isinstance(req, SipRequest)
+    return ClientNonInviteTransaction(req, data, reliable, invite_timers.with_(f=None), now)
+
+
+async def send_counted(stats: Counter[str], transport: Transport, dest: Address,
+                       data: bytes, retransmission: bool) -> bool:
+    """Send what a client transaction asks for, counting retransmissions and failures
+    in tm's statistics."""
+    if retransmission:
+        stats["retransmissions"] += 1
+    ok = await transport.send(data, dest)
+    if not ok:
+        stats["send_errors"] += 1
+    return ok
 
 
 class _CancelSink:

@@ -84,12 +84,10 @@ from ..script.exports import RouteType
 from ..script.ops import AsyncOp
 from ..sip.errors import BadMessage
 from ..sip.message import SipRequest, SipResponse
-from ..sip.parser import parse_message_untrusted
 from ..sip.reply import build_reply, generated_to_tag, reason_phrase
 from ..sip.uri import URI, parse_uri_untrusted
 from ..transaction import (
     ClientInviteTransaction,
-    ClientNonInviteTransaction,
     ISTState,
     LocalProtocolError,
     RemoteProtocolError,
@@ -116,7 +114,7 @@ from ..transaction.matching import (
     server_key,
 )
 from ..transport.base import Address, Transport, is_ip_literal
-from .branch import Branch, BranchEvent, BranchResponse
+from .branch import Branch, BranchEvent, BranchResponse, cancel_transaction, send_counted
 from .mailbox import Mailbox
 
 if TYPE_CHECKING:
@@ -1530,18 +1528,13 @@ class _LateCancel:
         transport = ended.transport
         try:
             now = trio.current_time()
-            req = parse_message_untrusted(self.data, stream=transport.reliable)
-            assert isinstance(req, SipRequest)
-            nict = ClientNonInviteTransaction(req, self.data, transport.reliable,
-                                              ended.timers.with_(f=None), now)
+            nict = cancel_transaction(self.data, transport.reliable, ended.timers, now)
             actions = nict.start(now)
             while True:
                 for a in actions:
                     if isinstance(a, Transmit):
-                        if a.retransmission:
-                            layer.stats["retransmissions"] += 1
-                        if not await transport.send(a.data, ended.dest):
-                            layer.stats["send_errors"] += 1
+                        await send_counted(layer.stats, transport, ended.dest, a.data,
+                                           a.retransmission)
                 if nict.terminated:
                     return
                 resp = await self.inbox.get(nict.next_deadline())
