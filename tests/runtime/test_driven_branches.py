@@ -493,6 +493,42 @@ async def test_a_flood_during_a_send_does_not_crowd_out_the_branchs_own_final(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_reliable_branchs_final_is_not_lost_to_a_full_inbox(
+        autojump_clock, write_routes) -> None:
+    """A branch over TCP runs in a task of its own (a send may wait for a connect), but
+    its events go on its transaction's own queue as a driven branch's do (report, then
+    wake), never into the bounded inbox that a flood from outside (the caller's
+    retransmissions) can fill. Here the inbox is full at the moment the branch tells of
+    the callee's 486: through the inbox the event was dropped and the 486 went up only
+    at the transaction's lifetime (180 s)."""
+    from trio_sip.runtime import transactions as txmod
+
+    r = write_routes(routes("  KSR.tm.t_relay()\n"))
+    async with SimNetwork(seed=13) as net, trio.open_nursery() as nursery:
+        server = await start_server(nursery, net, routes=r, protos=("udp", "tcp"))
+        uac, uas1 = SimUA(net, UAC), SimUA(net, UAS1, proto="tcp")
+        t0 = trio.current_time()
+        await uac.send(invite(uac, uri_params=";transport=tcp"), PROXY)
+        inv = await uas1.expect_request("INVITE")
+        assert isinstance(inv.msg, SipRequest)
+        tx = next(iter(server.core.tm.servers.values()))
+        branch = tx.branches[0]
+        assert not branch.driven
+        tell = branch._tell
+
+        def tell_into_a_full_inbox(event: Any) -> None:
+            while tx.post(txmod._Retransmission()):
+                pass
+            tell(event)
+
+        branch._tell = tell_into_a_full_inbox  # type: ignore[method-assign]
+        await uas1.send(uas1.response_to(inv.msg, 486, "Busy"), inv.source)
+        await uac.expect_response(486, within=2)
+        assert server.core.tm.stats["events_dropped"] > 0  # the inbox was full
+        assert uac.times(t0, status=486)[0] < 1.0
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_response_the_inbox_cannot_take_is_not_forwarded_statelessly(
         autojump_clock, write_routes) -> None:
     """A response that matches a client transaction whose inbox is full is dropped

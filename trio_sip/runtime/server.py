@@ -331,6 +331,9 @@ async def _serve(config: Config, server: Server, transports: TransportFactory | 
                 task_status.started(server)
                 await trio.sleep_forever()
         finally:
+            # closed now: what still reaches the layer (a transport outside it, as the
+            # simulated network's) finds no nursery instead of one that refuses tasks
+            core.tm.nursery = None
             services.cancel_scope.cancel()
 
 

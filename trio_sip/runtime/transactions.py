@@ -1126,12 +1126,8 @@ class TransactionLayer:
             elif not ended.answered and cancel_key not in self.clients:
                 cancel = _LateCancel(self, cancel_key, ended,
                                      build_cancel(ended.sent_request()))
-                try:
-                    self.nursery.start_soon(cancel.run)
-                except RuntimeError:  # the layer is shutting down: nothing more is sent
-                    del self.clients[cancel_key]
-                else:
-                    self.stats["late_replies_answered"] += 1
+                self.nursery.start_soon(cancel.run)
+                self.stats["late_replies_answered"] += 1
         except ValueError:
             pass
         return True
