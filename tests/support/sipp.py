@@ -475,7 +475,15 @@ class Sipp:
         may take one in between. Then the run is made again on new free ports (only
         ports the caller did not fix are chosen again)."""
         return (result.returncode == EXIT_BIND_ERROR and result.total_calls == 0
-                and None in (self.local_port, self.control_port, self.media_port))
+                and self._may_have_lost_a_race())
+
+    def _may_have_lost_a_race(self) -> bool:
+        """After a bind error: only a port chosen here can have been lost to a race. A
+        local port the caller fixed that is taken stays taken: no run again for that."""
+        if self.local_port is not None and not is_port_free(
+                self.local_port, "tcp" if self.is_tcp else "udp"):
+            return False
+        return None in (self.local_port, self.control_port, self.media_port)
 
     def start(self) -> SippProcess:
         """Start in the background (blocking API); use as a context manager."""
@@ -507,7 +515,7 @@ class Sipp:
                 with trio.CancelScope(shield=True):
                     await proc._kill_and_clean()
                 lost_race = (isinstance(exc, SippError) and rc == EXIT_BIND_ERROR
-                             and None in (self.local_port, self.control_port, self.media_port))
+                             and self._may_have_lost_a_race())
                 if not lost_race or attempt == _BIND_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
