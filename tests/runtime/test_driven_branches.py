@@ -196,6 +196,26 @@ async def test_a_2xx_goes_up_before_the_cancels_to_the_other_branches(
         nursery.cancel_scope.cancel()
 
 
+async def test_after_serving_deadlines_the_inbox_is_served_first(autojump_clock) -> None:
+    """ServerTx._wait: normally a deadline that has passed wins over a queued event (a
+    timer due at the instant a message arrives fires first); but right after a pass that
+    served deadlines, what is queued is taken first, however overdue the next deadline,
+    so a stream of overdue timers (a branch whose every send takes longer than T1)
+    cannot starve the inbox. (The scenario below no longer reaches this rule: its slow
+    TCP branch runs in a task of its own now.)"""
+    from types import SimpleNamespace
+
+    from trio_sip.runtime.transactions import ServerTx
+
+    inbox: Mailbox[str] = Mailbox(4)
+    tx = SimpleNamespace(inbox=inbox)
+    overdue = trio.current_time() - 1
+    inbox.put("200 OK")
+    assert await ServerTx._wait(tx, overdue, False) is None  # type: ignore[arg-type]
+    assert await ServerTx._wait(tx, overdue, True) == "200 OK"  # type: ignore[arg-type]
+    assert await ServerTx._wait(tx, overdue, True) is None  # type: ignore[arg-type]
+
+
 async def test_queued_response_is_not_starved_by_overdue_timers(
         autojump_clock, write_routes) -> None:
     """As above, but every send to UAS1 takes 5 s (a peer whose TCP window stays
