@@ -22,6 +22,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.support.routes import proxy_routes
 from trio_sip.runtime.branch import Branch
 from trio_sip.runtime.mailbox import Mailbox
 from trio_sip.sip.message import SipRequest, SipResponse
@@ -35,18 +36,7 @@ UAS2 = Address("127.0.0.4", 5060)
 
 
 def routes(body: str, extra: str = "") -> str:
-    """A request route: CANCEL and ACK relayed as Kamailio's example does, then ``body``."""
-    return (
-        "function ksr_request_route()\n"
-        "  if KSR.is_CANCEL() then\n"
-        "    if KSR.tm.t_check_trans() > 0 then KSR.tm.t_relay() end\n"
-        "    return\n"
-        "  end\n"
-        "  if KSR.is_ACK() then KSR.tm.t_relay() return end\n"
-        f"{body}"
-        "end\n"
-        f"{extra}"
-    )
+    return proxy_routes(body, extra)
 
 
 def invite(ua: SimUA, target: Address = UAS1, name: str = "c1", uri_params: str = "") -> bytes:

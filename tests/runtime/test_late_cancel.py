@@ -11,6 +11,7 @@ import logging
 import trio
 import trio.testing
 
+from tests.support.routes import proxy_routes
 from trio_sip.sip.message import SipRequest, SipResponse
 from trio_sip.sip.parser import parse_message_untrusted
 from trio_sip.testing import SimNetwork, SimUA, start_server, stop_server
@@ -21,17 +22,7 @@ UAC = Address("127.0.0.2", 5060)
 UAS = Address("127.0.0.3", 5060)
 
 def relay_routes() -> str:
-    return (
-        "function ksr_request_route()\n"
-        "  if KSR.is_CANCEL() then\n"
-        "    if KSR.tm.t_check_trans() > 0 then KSR.tm.t_relay() end\n"
-        "    return\n"
-        "  end\n"
-        "  if KSR.is_ACK() then KSR.tm.t_relay() return end\n"
-        "  KSR.tm.t_set_fr(0, 2000)\n"
-        "  KSR.tm.t_relay()\n"
-        "end\n"
-    )
+    return proxy_routes("  KSR.tm.t_set_fr(0, 2000)\n  KSR.tm.t_relay()\n")
 
 
 

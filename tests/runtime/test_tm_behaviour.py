@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.support.routes import proxy_routes
 from trio_sip.sip.message import SipRequest, SipResponse
 from trio_sip.testing import LinkSpec, SimNetwork, SimUA, start_server
 from trio_sip.transport.base import Address
@@ -27,19 +28,8 @@ UAS3 = Address("127.0.0.5", 5060)
 
 
 def routes(body: str, extra: str = "") -> str:
-    """A request route: CANCEL and ACK relayed, runs counted in $shv(runs), then ``body``."""
-    return (
-        "function ksr_request_route()\n"
-        "  KSR.pv.seti('$shv(runs)', KSR.pv.get('$shv(runs)') + 1)\n"
-        "  if KSR.is_CANCEL() then\n"
-        "    if KSR.tm.t_check_trans() > 0 then KSR.tm.t_relay() end\n"
-        "    return\n"
-        "  end\n"
-        "  if KSR.is_ACK() then KSR.tm.t_relay() return end\n"
-        f"{body}"
-        "end\n"
-        f"{extra}"
-    )
+    """The request route of these tests: runs counted in $shv(runs), then ``body``."""
+    return proxy_routes(body, extra, count_runs=True)
 
 
 def fork_to(*targets: Address) -> str:

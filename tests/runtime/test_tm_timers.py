@@ -21,6 +21,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from tests.support.routes import proxy_routes
 from trio_sip.sip.message import SipRequest, SipResponse
 from trio_sip.testing import SimNetwork, SimUA, start_server
 from trio_sip.transport.base import Address
@@ -36,22 +37,8 @@ E_SCHEDULE_30S = [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5]
 
 
 def relay_routes(before_relay: str = "", extra: str = "") -> str:
-    """A request route that counts its runs in $shv(runs), lets ``before_relay`` set
-    things up, and relays statefully. CANCEL and ACK are relayed as Kamailio's example
-    does (the hop-by-hop ACK never gets here: the transaction absorbs it)."""
-    return (
-        "function ksr_request_route()\n"
-        "  KSR.pv.seti('$shv(runs)', KSR.pv.get('$shv(runs)') + 1)\n"
-        "  if KSR.is_CANCEL() then\n"
-        "    if KSR.tm.t_check_trans() > 0 then KSR.tm.t_relay() end\n"
-        "    return\n"
-        "  end\n"
-        "  if KSR.is_ACK() then KSR.tm.t_relay() return end\n"
-        f"{before_relay}"
-        "  KSR.tm.t_relay()\n"
-        "end\n"
-        f"{extra}"
-    )
+    """Runs counted in $shv(runs); ``before_relay`` sets things up before t_relay."""
+    return proxy_routes(before_relay + "  KSR.tm.t_relay()\n", extra, count_runs=True)
 
 
 class Caller:
